@@ -1,0 +1,250 @@
+"""Typed, validated params.
+
+params.yaml is parsed as YAML 1.2 (ruamel): `dvc exp run -S lr=5e-5` writes `5e-05`, which YAML 1.1 parsers
+(PyYAML) read as a string. Every section is a dataclass; an unknown key, a wrong type or an out-of-range value
+raises ConfigError naming the dotted key and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+
+class ConfigError(ValueError):
+    """A param is unknown, missing or invalid; the message names the dotted key and the value."""
+
+
+@dataclass
+class ScaleConfig:
+    model: str  # "tiny-random", "embedded", a Hugging Face id or a local path
+    n_train: int | None  # examples per split; None = all
+    n_test: int | None
+    epochs: float
+    max_length: int  # training sequences longer than this (prompt + completion tokens) are dropped
+    max_new_tokens_direct: int
+    max_new_tokens_cot: int
+    eval_batch_size: int
+
+
+@dataclass
+class ModelConfig:
+    name: str = "auto"  # auto = the scale's model
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+@dataclass
+class LoraParams:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    lr: float | None = None  # None = the top-level lr
+    epochs: float | None = None  # None = the scale's epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    padding_free: bool = True
+    logging_steps: int = 5
+    quantization: Literal["none", "4bit"] = "none"
+    lora: LoraParams = field(default_factory=LoraParams)
+    init_from: Literal["base", "sft"] = "base"
+
+
+@dataclass
+class EvaluateConfig:
+    few_shot: int = 3
+    batch_size: int | None = None  # None = the scale's eval_batch_size
+
+
+@dataclass
+class CompareConfig:
+    reference: str = "base_zeroshot"
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+
+
+@dataclass
+class Params:
+    lr: float
+    seed: int
+    scale: Literal["tiny", "demo", "full"]
+    scales: dict[str, ScaleConfig]
+    tasks: list[str]
+    task_specs: dict[str, dict[str, Any]]
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: TrainConfig = field(default_factory=TrainConfig)
+    cot_distill: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+    @property
+    def sizes(self) -> ScaleConfig:
+        return self.scales[self.scale]
+
+    def train_config(self, method: str) -> TrainConfig:
+        if method not in ("sft", "cot_distill"):
+            raise ConfigError(f"unknown training method {method!r}; expected 'sft' or 'cot_distill'")
+        return getattr(self, method)
+
+    def learning_rate(self, method: str) -> float:
+        own = self.train_config(method).lr
+        return self.lr if own is None else own
+
+    def epochs(self, method: str) -> float:
+        own = self.train_config(method).epochs
+        return self.sizes.epochs if own is None else own
+
+    def model_name(self) -> str:
+        return self.sizes.model if self.model.name == "auto" else self.model.name
+
+
+# Range checks beyond types: (predicate, description)
+_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "lr": (lambda v: v is None or 0 < v < 1, "a learning rate in (0, 1)"),
+    "epochs": (lambda v: v is None or v > 0, "> 0"),
+    "batch_size": (lambda v: v is None or v >= 1, ">= 1"),
+    "eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "grad_accum": (lambda v: v >= 1, ">= 1"),
+    "n_train": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "n_test": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "max_length": (lambda v: v >= 16, ">= 16"),
+    "r": (lambda v: v >= 1, ">= 1"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "confidence": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "few_shot": (lambda v: v >= 0, ">= 0"),
+    "logging_steps": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if len(errors) == 1 else f"{key}: {value!r} matches none of {tp}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, item_tp = typing.get_args(tp)
+        return {k: _coerce(v, item_tp, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported param type {tp} for {key}")
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"{where}: unknown param (known keys here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: required param is missing")
+            continue
+        value = _coerce(data[name], hints[name], key)
+        check = _RANGES.get(name)
+        if check and not isinstance(value, dict) and not check[0](value):
+            raise ConfigError(f"{key}: {value!r} is out of range (expected {check[1]})")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_params(data: dict[str, Any]) -> Params:
+    params = _build(Params, data)
+    for name in params.tasks:
+        if name not in params.task_specs:
+            raise ConfigError(f"tasks: {name!r} has no entry under task_specs (defined: {sorted(params.task_specs)})")
+    for name in ("tiny", "demo", "full"):
+        if name not in params.scales:
+            raise ConfigError(f"scales.{name}: required scale is missing")
+    return params
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        data = YAML(typ="safe").load(path.read_text(encoding="utf-8"))
+    except YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return parse_params(load_yaml(path))
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys for MLflow params: {"sft": {"lora": {"r": 16}}} -> {"sft.lora.r": 16}."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}

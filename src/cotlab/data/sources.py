@@ -1,0 +1,418 @@
+"""Turn every data source (vendored benchmarks, reasoning_gym, the personal_relations generator, the HF hub,
+local files) into train/test lists of `Example`.
+
+`load_task` is the only entry point the pipeline needs; the row mappers are public so they can be tested on
+hand-made rows without the network.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import re
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import ConfigError
+from . import personal_relations
+from .schema import ANSWER_TYPES, DataError, Example, read_jsonl
+
+BENCHMARKS = Path(__file__).parent / "benchmarks"
+LETTERS = "ABCDEFGHIJ"
+# Generators have no natural size; these apply when n_train / n_test is None.
+GENERATED_DEFAULT = {"train": 1000, "test": 200}
+RG_DATASETS = {"gsm_symbolic": "number", "basic_arithmetic": "number", "syllogism": "yes_no",
+               "family_relationships": "text"}
+
+
+# ---------------------------------------------------------------- helpers
+
+def normalize_number(text: Any) -> str | None:
+    """'$1,234.50' -> '1234.5', '18.00' -> '18', '-3' -> '-3'; None when it is not a number."""
+    s = re.sub(r"[\s$,]", "", str(text))
+    try:
+        d = Decimal(s)
+    except InvalidOperation:
+        return None
+    if not d.is_finite():
+        return None
+    out = format(d.normalize(), "f")  # 'f' undoes the exponent normalize() gives to round numbers (1E+2)
+    return "0" if out == "-0" else out
+
+
+def normalize_question(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def _rng(seed: int, *purpose: str) -> random.Random:
+    return random.Random("-".join([str(seed), *purpose]))
+
+
+def _derived_seed(seed: int, purpose: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}-{purpose}".encode()).digest()[:4], "big")
+
+
+def seeded_split(examples: list[Example], test_fraction: float, seed: int,
+                 stratify: Callable[[Example], Any] | None = None) -> tuple[list[Example], list[Example]]:
+    """Shuffle within each stratum and send round(fraction * size) of it to test, so class shares are kept."""
+    groups: dict[Any, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(stratify(ex) if stratify else None, []).append(i)
+    rng = _rng(seed, "split")
+    test_idx: set[int] = set()
+    for key in sorted(groups, key=str):
+        group = groups[key][:]
+        rng.shuffle(group)
+        test_idx.update(group[:round(len(group) * test_fraction)])
+    # Both halves keep source order: stable, readable files.
+    return ([ex for i, ex in enumerate(examples) if i not in test_idx],
+            [ex for i, ex in enumerate(examples) if i in test_idx])
+
+
+def _number_answer(value: Any, where: str) -> str:
+    out = normalize_number(value)
+    if out is None:
+        raise DataError(f"{where}: answer {value!r} is not a number")
+    return out
+
+
+def _letter(label: Any) -> str:
+    label = str(label).strip()
+    return LETTERS[int(label) - 1] if label.isdigit() else label.upper()  # ARC mixes '1'..'4' with 'A'..'D'
+
+
+# ---------------------------------------------------------------- row mappers (shared by vendored and hub)
+
+def gsm8k_row(row: dict, ex_id: str) -> Example:
+    solution, _, final = row["answer"].rpartition("####")
+    reasoning = re.sub(r"<<[^>]*>>", "", solution).strip()
+    return Example(id=ex_id, question=row["question"].strip(), answer=_number_answer(final, ex_id),
+                   answer_type="number", reasoning=reasoning, metadata={"source": "gsm8k"})
+
+
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return [value] if value.strip() else []
+    return [str(v) for v in (value or [])]
+
+
+def strategyqa_row(row: dict, ex_id: str) -> Example:
+    answer = row["answer"]
+    if isinstance(answer, str):
+        answer = answer.strip().lower() in ("true", "yes")
+    facts = " ".join(f if f.rstrip().endswith((".", "!", "?")) else f.rstrip() + "." for f in _as_list(row.get("facts")))
+    steps = "\n".join(f"{i}. {q}" for i, q in enumerate(_as_list(row.get("decomposition")), start=1))
+    parts = ([f"Facts: {facts}"] if facts else []) + ([f"Sub-questions:\n{steps}"] if steps else [])
+    return Example(id=ex_id, question=row["question"].strip(), answer="yes" if answer else "no",
+                   answer_type="yes_no", reasoning="\n".join(parts),
+                   metadata={"source": "strategyqa", "term": row.get("term", "")})
+
+
+def svamp_row(row: dict, ex_id: str) -> Example:
+    answer = _number_answer(row["Answer"], ex_id)
+    equation = re.sub(r"(\d+)\.0\b", r"\1", str(row["Equation"]).strip())
+    equation = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", equation))
+    return Example(id=ex_id, question=f"{row['Body'].strip()} {row['Question'].strip()}", answer=answer,
+                   answer_type="number", reasoning=f"Equation: {equation} = {answer}",
+                   metadata={"source": "svamp", "type": row.get("Type", "")})
+
+
+def aqua_row(row: dict, ex_id: str) -> Example:
+    return Example(id=ex_id, question=row["question"].strip(), answer=row["correct"].strip().upper(),
+                   answer_type="choice", choices=[o.strip() for o in row["options"]],
+                   reasoning=row.get("rationale", "").strip(), metadata={"source": "aqua"})
+
+
+def arc_row(row: dict, ex_id: str) -> Example:
+    choices = [f"{_letter(l)}){t}" for l, t in zip(row["choices"]["label"], row["choices"]["text"])]
+    return Example(id=ex_id, question=row["question"].strip(), answer=_letter(row["answerKey"]),
+                   answer_type="choice", choices=choices, metadata={"source": "arc"})
+
+
+def mmlu_row(row: dict, ex_id: str) -> Example:
+    choices = [f"{LETTERS[i]}){t}" for i, t in enumerate(row["choices"])]
+    return Example(id=ex_id, question=row["question"].strip(), answer=LETTERS[int(row["answer"])],
+                   answer_type="choice", choices=choices,
+                   metadata={"source": "mmlu", "subject": row.get("subject", "")})
+
+
+def mathqa_row(row: dict, ex_id: str) -> Example:
+    # Options come as one string: "a ) 38 , b ) 27.675 , c ) 30 , d ) data inadequate , e ) none of these"
+    parts = re.split(r"(?:^|,)\s*([a-e])\s*\)\s*", row["options"])
+    choices = [f"{letter.upper()}){text.strip().rstrip(',').strip()}" for letter, text in zip(parts[1::2], parts[2::2])]
+    return Example(id=ex_id, question=row["Problem"].strip(), answer=row["correct"].strip().upper(),
+                   answer_type="choice", choices=choices, reasoning=row.get("Rationale", "").strip().strip('"'),
+                   metadata={"source": "mathqa", "category": row.get("category", "")})
+
+
+# hub name -> (hub id, default subset, default {split: hub split} (test None = seeded split), mapper)
+HUB = {
+    "gsm8k": ("openai/gsm8k", "main", {"train": "train", "test": "test"}, gsm8k_row),
+    "strategyqa": ("ChilleD/StrategyQA", None, {"train": "train", "test": "test"}, strategyqa_row),
+    "svamp": ("ChilleD/SVAMP", None, {"train": "train", "test": "test"}, svamp_row),
+    "arc": ("allenai/ai2_arc", "ARC-Challenge", {"train": "train", "test": "test"}, arc_row),
+    "mmlu": ("cais/mmlu", "all", {"train": "validation", "test": "test"}, mmlu_row),
+    "aqua": ("deepmind/aqua_rat", "raw", {"train": "train", "test": "test"}, aqua_row),
+    "mathqa": ("allenai/math_qa", None, {"train": "train", "test": "test"}, mathqa_row),
+}
+
+
+# ---------------------------------------------------------------- spec validation
+
+def _bad(name: str, key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"task_specs.{name}.{key}: {why} (got {value!r})")
+
+
+def _fraction(name: str, spec: dict, default: float = 0.2) -> float:
+    v = spec.get("test_fraction", default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+        raise _bad(name, "test_fraction", v, "must be a number strictly between 0 and 1")
+    return float(v)
+
+
+def _string(name: str, spec: dict, key: str, required: bool = False) -> str | None:
+    v = spec.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise _bad(name, key, v, "must be a non-empty string")
+    return v
+
+
+def _int(name: str, spec: dict, key: str, default: int, lo: int, hi: int) -> int:
+    v = spec.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _bad(name, key, v, f"must be an integer in [{lo}, {hi}]")
+    return v
+
+
+SPEC_KEYS = {
+    "gsm8k": set(),
+    "strategyqa": {"test_fraction"},
+    "svamp": {"test_fraction"},
+    "aqua": set(),
+    "reasoning_gym": {"dataset", "config"},
+    "personal_relations": {"universe", "hops", "n_people", "distractors"},
+    "hub": {"dataset", "subset", "split", "test_fraction"},
+    "local": {"path", "test_path", "test_fraction", "fields", "answer_type"},
+}
+
+
+def _validate(name: str, spec: dict) -> str:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"task_specs.{name}: must be a mapping with a 'source' key (got {spec!r})")
+    source = spec.get("source")
+    if source not in SPEC_KEYS:
+        raise _bad(name, "source", source, f"unknown source; expected one of {sorted(SPEC_KEYS)}")
+    for key in spec:
+        if key != "source" and key not in SPEC_KEYS[source]:
+            allowed = sorted(SPEC_KEYS[source]) or "none"
+            raise _bad(name, key, spec[key], f"unknown key for source {source!r}; allowed: {allowed}")
+    return source
+
+
+# ---------------------------------------------------------------- sources
+
+def _vendored_gsm8k(name, spec, sizes, seed):
+    return {split: [gsm8k_row(r, f"gsm8k-{split}-{i}") for i, r in
+                    enumerate(read_jsonl(BENCHMARKS / "gsm8k" / f"{split}.jsonl"))] for split in ("train", "test")}
+
+
+def _vendored_strategyqa(name, spec, sizes, seed):
+    rows = [strategyqa_row(r, f"strategyqa-{r['qid']}") for r in read_jsonl(BENCHMARKS / "strategyqa" / "train.jsonl")]
+    train, test = seeded_split(rows, _fraction(name, spec), seed, stratify=lambda e: e.answer)
+    return {"train": train, "test": test}
+
+
+def _vendored_svamp(name, spec, sizes, seed):
+    rows = json.loads((BENCHMARKS / "svamp" / "SVAMP.json").read_text(encoding="utf-8"))
+    train, test = seeded_split([svamp_row(r, f"svamp-{r['ID']}") for r in rows], _fraction(name, spec), seed)
+    return {"train": train, "test": test}
+
+
+def _vendored_aqua(name, spec, sizes, seed):
+    # The AQuA train file is not vendored (too large); dev stands in as training data.
+    return {split: [aqua_row(r, f"aqua-{file}-{i}") for i, r in enumerate(read_jsonl(BENCHMARKS / "aqua" / f"{file}.json"))]
+            for split, file in (("train", "dev"), ("test", "test"))}
+
+
+def rg_item(dataset: str, item: dict, ex_id: str) -> Example:
+    meta = item.get("metadata", {})
+    answer = str(item["answer"]).strip()
+    # syllogism says "Yes"/"No"; family_relationships gives lower-case relation words ("mother-in-law").
+    answer = _number_answer(answer, ex_id) if RG_DATASETS[dataset] == "number" else answer.lower()
+    reasoning = ""
+    if dataset == "gsm_symbolic":
+        # metadata['answer_cot'] is a GSM8K-style worked solution ending in a '#### N' line.
+        reasoning = re.sub(r"<<[^>]*>>", "", meta.get("answer_cot", "").rpartition("####")[0]).strip()
+    return Example(id=ex_id, question=item["question"].strip(), answer=answer, answer_type=RG_DATASETS[dataset],
+                   reasoning=reasoning, metadata={"source": f"reasoning_gym/{dataset}"})
+
+
+def _reasoning_gym(name, spec, sizes, seed):
+    import reasoning_gym
+
+    dataset = _string(name, spec, "dataset", required=True)
+    if dataset not in RG_DATASETS:
+        raise _bad(name, "dataset", dataset, f"unsupported reasoning_gym dataset; expected one of {sorted(RG_DATASETS)}")
+    config = spec.get("config", {})
+    if not isinstance(config, dict):
+        raise _bad(name, "config", config, "must be a mapping of reasoning_gym dataset options")
+    out = {}
+    for split in ("test", "train"):
+        # Headroom for train rows dropped because they repeat a test question.
+        size = sizes[split] + (sizes["test"] if split == "train" else 0)
+        try:
+            items = reasoning_gym.create_dataset(dataset, size=max(size, 1), seed=_derived_seed(seed, split), **config)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise _bad(name, "config", config, f"rejected by reasoning_gym ({e})") from None
+        out[split] = [rg_item(dataset, item, f"rg-{dataset}-{split}-{i}") for i, item in enumerate(items)]
+    return out
+
+
+def _personal_relations(name, spec, sizes, seed):
+    universe = spec.get("universe", True)
+    if not isinstance(universe, bool):
+        raise _bad(name, "universe", universe, "must be true or false")
+    hops = spec.get("hops", [1, 3])
+    if (not isinstance(hops, (list, tuple)) or len(hops) != 2 or not all(type(h) is int for h in hops)
+            or not 1 <= hops[0] <= hops[1] <= 10):
+        raise _bad(name, "hops", hops, "must be [min, max] integers with 1 <= min <= max <= 10")
+    n_people = _int(name, spec, "n_people", 30, 3, len(personal_relations.NAMES))
+    distractors = _int(name, spec, "distractors", 6, 0, 1000)
+    return personal_relations.generate(sizes["train"], sizes["test"], seed, universe=universe, hops=tuple(hops),
+                                       n_people=n_people, distractors=distractors)
+
+
+def _hub(name, spec, sizes, seed):
+    dataset = _string(name, spec, "dataset", required=True)
+    if dataset not in HUB:
+        raise _bad(name, "dataset", dataset, f"unknown hub dataset; expected one of {sorted(HUB)}")
+    hub_id, subset, splits, mapper = HUB[dataset]
+    subset = _string(name, spec, "subset") or subset
+    given = spec.get("split", {})
+    if not isinstance(given, dict) or set(given) - {"train", "test"} or not all(
+            v is None or isinstance(v, str) for v in given.values()):
+        raise _bad(name, "split", given, "must map train/test to hub split names (test: null = seeded split)")
+    splits = {**splits, **given}
+
+    def load(split: str) -> list[Example]:
+        import datasets
+
+        try:
+            rows = datasets.load_dataset(hub_id, subset, split=split)
+        except Exception as e:  # any failure (offline, renamed, missing split) must stop the run, not fall back
+            raise DataError(
+                f"task {name!r}: could not load {hub_id!r} (subset {subset!r}, split {split!r}) from the Hugging Face "
+                f"hub: {type(e).__name__}: {e}. The hub may be unreachable (no network, or HF_HUB_OFFLINE set) or the "
+                f"dataset/split name may be wrong. Use a vendored source (source: gsm8k, strategyqa, svamp or aqua) "
+                f"or source: local with a downloaded file instead.") from None
+        return [mapper(dict(r), f"{dataset}-{split}-{i}") for i, r in enumerate(rows)]
+
+    train = load(splits["train"])
+    if splits.get("test") is None:
+        train, test = seeded_split(train, _fraction(name, spec), seed)
+    else:
+        test = load(splits["test"])
+    return {"train": train, "test": test}
+
+
+def _read_table(path: Path) -> list[dict]:
+    if path.suffix.lower() != ".csv":
+        return read_jsonl(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _choices(value: Any) -> list[str]:
+    if isinstance(value, str) and not value.strip().startswith("["):
+        return [c.strip() for c in value.split("|") if c.strip()]  # CSV cells hold "A)1|B)2"
+    return _as_list(value)
+
+
+def local_rows(rows: list[dict], path: Path, fields: dict, answer_type: str | None, prefix: str) -> list[Example]:
+    out = []
+    for lineno, row in enumerate(rows, start=1):
+        where = f"{path}: row {lineno}"
+        get = {f: row.get(fields.get(f, f)) for f in Example.__dataclass_fields__}
+        missing = [f"{f} (column {fields.get(f, f)!r})" for f in ("question", "answer")
+                   if get[f] is None or str(get[f]).strip() == ""]
+        kind = answer_type or get["answer_type"]
+        if not kind:
+            missing.append(f"answer_type (column {fields.get('answer_type', 'answer_type')!r}; or set task_specs.*.answer_type)")
+        if missing:
+            raise DataError(f"{where}: missing field(s) {', '.join(missing)}")
+        answer = _number_answer(get["answer"], where) if kind == "number" else str(get["answer"]).strip()
+        metadata = get["metadata"] or {}
+        try:
+            choices = _choices(get["choices"])
+            metadata = json.loads(metadata) if isinstance(metadata, str) else dict(metadata)
+            out.append(Example(id=str(get["id"] or f"{prefix}-{lineno}"), question=str(get["question"]), answer=answer,
+                               answer_type=kind, choices=choices, reasoning=str(get["reasoning"] or ""),
+                               context=str(get["context"] or ""), metadata=metadata))
+        except (DataError, TypeError, ValueError) as e:
+            raise DataError(f"{where}: {e}") from None
+    return out
+
+
+def _local(name, spec, sizes, seed):
+    path = Path(_string(name, spec, "path", required=True))
+    fields = spec.get("fields", {})
+    if not isinstance(fields, dict) or set(fields) - set(Example.__dataclass_fields__):
+        raise _bad(name, "fields", fields, f"must map schema fields {list(Example.__dataclass_fields__)} to column names")
+    answer_type = spec.get("answer_type")
+    if answer_type is not None and answer_type not in ANSWER_TYPES:
+        raise _bad(name, "answer_type", answer_type, f"must be one of {list(ANSWER_TYPES)}")
+    train = local_rows(_read_table(path), path, fields, answer_type, f"{name}-train")
+    test_path = _string(name, spec, "test_path")
+    if test_path is None:
+        train, test = seeded_split(train, _fraction(name, spec), seed)
+    else:
+        test = local_rows(_read_table(Path(test_path)), Path(test_path), fields, answer_type, f"{name}-test")
+    return {"train": train, "test": test}
+
+
+LOADERS = {
+    "gsm8k": _vendored_gsm8k, "strategyqa": _vendored_strategyqa, "svamp": _vendored_svamp, "aqua": _vendored_aqua,
+    "reasoning_gym": _reasoning_gym, "personal_relations": _personal_relations, "hub": _hub, "local": _local,
+}
+
+
+def _subsample(rows: list[Example], n: int | None, rng: random.Random) -> list[Example]:
+    if n is None or n >= len(rows):
+        return rows
+    return [rows[i] for i in sorted(rng.sample(range(len(rows)), n))]
+
+
+def load_task(name: str, spec: dict, n_train: int | None, n_test: int | None, seed: int) -> dict[str, list[Example]]:
+    """Returns {"train": [...], "test": [...]}: deterministic for a seed, no normalised question shared
+    between train and test, at most n_train / n_test rows each (None = all).
+
+    A split that is empty although rows were asked for (n != 0) raises DataError naming the task and split.
+    """
+    source = _validate(name, spec)
+    wanted = {"train": n_train, "test": n_test}
+    for split, n in wanted.items():
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise _bad(name, f"n_{split}", n, "must be a non-negative integer or null")
+    sizes = {s: GENERATED_DEFAULT[s] if n is None else n for s, n in wanted.items()}
+    if source in ("reasoning_gym", "personal_relations"):
+        wanted = sizes
+    data = LOADERS[source](name, spec, sizes, seed)
+
+    test_questions = {normalize_question(ex.question) for ex in data["test"]}
+    data["train"] = [ex for ex in data["train"] if normalize_question(ex.question) not in test_questions]
+    out = {split: _subsample(data[split], wanted[split], _rng(seed, "subsample", split)) for split in ("train", "test")}
+    for split, rows in out.items():
+        if not rows and wanted[split] != 0:
+            raise DataError(f"task {name!r}: the {split} split is empty (source {source!r}"
+                            f"{', after removing questions shared with test' if split == 'train' else ''})")
+    return out

@@ -1,0 +1,97 @@
+"""The comparison table: every evaluated model on every task, paired against a reference on the same test set.
+
+Differences are paired (the same questions): a paired bootstrap interval of the accuracy difference and
+McNemar's exact test on the discordant pairs.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from cotlab.data.schema import DataError, read_jsonl
+from cotlab.evaluation.stats import mcnemar_exact, paired_bootstrap_diff, summarize
+
+
+def load_predictions(eval_dir: str | Path) -> dict[str, dict[str, list[dict]]]:
+    """{task: {model: predictions}} from eval/<model>/<task>/predictions.jsonl."""
+    table: dict[str, dict[str, list[dict]]] = {}
+    for path in sorted(Path(eval_dir).glob("*/*/predictions.jsonl")):
+        model, task = path.parent.parent.name, path.parent.name
+        table.setdefault(task, {})[model] = read_jsonl(path)
+    if not table:
+        raise DataError(f"{eval_dir}: no predictions found (expected <model>/<task>/predictions.jsonl)")
+    return table
+
+
+def compare(table: dict[str, dict[str, list[dict]]], reference: str, n_resamples: int, confidence: float,
+            seed: int) -> dict:
+    result: dict[str, dict] = {}
+    for task, models in sorted(table.items()):
+        ref = models.get(reference)
+        ref_by_id = {p["id"]: p for p in ref} if ref else {}
+        result[task] = {}
+        for model, preds in sorted(models.items()):
+            summary = summarize(preds)
+            row = {k: summary[k] for k in ("n", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
+                                            "invalid_rate", "truncation_rate")}
+            if ref and model != reference:
+                shared = [p for p in preds if p["id"] in ref_by_id]
+                if len(shared) != len(preds) or len(shared) != len(ref):
+                    raise DataError(
+                        f"task {task}: {model} and {reference} were evaluated on different test sets "
+                        f"({len(preds)} vs {len(ref)} rows, {len(shared)} shared); re-run evaluation"
+                    )
+                a = [bool(ref_by_id[p["id"]]["correct"]) for p in shared]
+                b = [bool(p["correct"]) for p in shared]
+                boot = paired_bootstrap_diff(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
+                test = mcnemar_exact(a, b)
+                row.update({
+                    "diff_vs_ref": boot["diff"],
+                    "diff_ci_low": boot["ci_low"],
+                    "diff_ci_high": boot["ci_high"],
+                    "mcnemar_p": test["p_value"],
+                })
+            result[task][model] = row
+    return result
+
+
+def _fmt_pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def markdown(result: dict, reference: str) -> str:
+    lines = [
+        "# Comparison",
+        "",
+        f"Accuracy (flexible extraction) with Wilson 95% intervals; differences are against `{reference}` on the "
+        "same questions (paired bootstrap interval, McNemar exact p).",
+        "",
+        "| task | model | n | accuracy % | 95% CI | invalid % | truncated % | diff vs ref (pp) | diff 95% CI | McNemar p |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, models in result.items():
+        for model, r in models.items():
+            diff = ci = p = "-"
+            if "diff_vs_ref" in r:
+                diff = f"{100 * r['diff_vs_ref']:+.1f}"
+                ci = f"[{100 * r['diff_ci_low']:+.1f}, {100 * r['diff_ci_high']:+.1f}]"
+                p = f"{r['mcnemar_p']:.3g}"
+            lines.append(
+                f"| {task} | {model} | {r['n']} | {_fmt_pct(r['accuracy'])} | "
+                f"[{_fmt_pct(r['accuracy_ci_low'])}, {_fmt_pct(r['accuracy_ci_high'])}] | "
+                f"{_fmt_pct(r['invalid_rate'])} | {_fmt_pct(r['truncation_rate'])} | {diff} | {ci} | {p} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_accuracy_plot(result: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "task", "model", "accuracy", "ci_low", "ci_high"])
+        for task, models in result.items():
+            for model, r in models.items():
+                writer.writerow([f"{task}/{model}", task, model, r["accuracy"], r["accuracy_ci_low"],
+                                 r["accuracy_ci_high"]])

@@ -1,0 +1,47 @@
+"""Evaluate a model on a test split: generate, extract, score; every prediction is kept."""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from cotlab.data.schema import Example
+from cotlab.evaluation.extract import extract_answer, is_correct
+from cotlab.evaluation.generate import generate
+from cotlab.evaluation.stats import summarize
+from cotlab.prompts import render_prompt
+
+
+def pick_shots(train: Sequence[Example], k: int, seed: int) -> list[Example]:
+    """The same k exemplars for every test question, drawn with a fixed seed."""
+    if k == 0:
+        return []
+    if len(train) < k:
+        raise ValueError(f"few_shot={k} exemplars requested but the train split has only {len(train)} rows")
+    return random.Random(seed).sample(list(train), k)
+
+
+def evaluate(model, tokenizer, examples: Sequence[Example], template: str, max_new_tokens: int,
+             batch_size: int, shots: Sequence[Example] = ()) -> tuple[list[dict], dict]:
+    prompts = [render_prompt(tokenizer, ex, template, shots) for ex in examples]
+    generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    predictions = []
+    for ex, prompt, gen in zip(examples, prompts, generations):
+        pred = extract_answer(gen.text, ex.answer_type)
+        pred_strict = extract_answer(gen.text, ex.answer_type, strict=True)
+        predictions.append({
+            "id": ex.id,
+            "prompt": prompt,
+            "output": gen.text,
+            "pred": pred,
+            "pred_strict": pred_strict,
+            "gold": ex.answer,
+            "answer_type": ex.answer_type,
+            "correct": is_correct(pred, ex.answer, ex.answer_type),
+            "correct_strict": is_correct(pred_strict, ex.answer, ex.answer_type),
+            "truncated": gen.truncated,
+            "n_new_tokens": gen.n_new_tokens,
+        })
+    metrics = summarize(predictions)
+    metrics["mean_new_tokens"] = sum(g.n_new_tokens for g in generations) / max(len(generations), 1)
+    return predictions, metrics

@@ -1,0 +1,153 @@
+"""Supervised fine-tuning (Phase A: question -> answer) with LoRA on TRL's SFTTrainer.
+
+Loss, on completion tokens only (the prompt is context, not a target):
+
+    L(theta) = - 1/|C| * sum_{t in C} log p_theta(y_t | x, y_<t)      C = completion positions
+
+Batches are padding-free: the examples of a batch are concatenated into one row with per-example position_ids,
+so no compute goes to pad tokens (transformers builds a block-diagonal causal mask from the position_ids; the
+loss equals the padded one, see tests/test_methods.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from transformers import TrainerCallback
+
+from cotlab.data.schema import DataError, Example
+from cotlab.prompts import render_training
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class SFTRunConfig:
+    template: str = "direct"
+    lr: float = 2e-4
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    padding_free: bool = True
+    logging_steps: int = 5
+    seed: int = 0
+    lr_scheduler: str = "cosine"
+    report_to: list[str] = field(default_factory=lambda: ["mlflow"])
+
+
+def build_dataset(examples: Sequence[Example], tokenizer, template: str, max_length: int):
+    """Prompt-completion rows rendered by the shared template; rows over max_length tokens are dropped (counted),
+    never silently truncated: a truncated target teaches the model to stop mid-answer."""
+    from datasets import Dataset
+
+    rows, dropped = [], 0
+    for ex in examples:
+        pair = render_training(tokenizer, ex, template)
+        n_tokens = len(tokenizer(pair["prompt"] + pair["completion"], add_special_tokens=False)["input_ids"])
+        if n_tokens > max_length:
+            dropped += 1
+            continue
+        rows.append(pair)
+    if not rows:
+        raise DataError(
+            f"no training example fits max_length={max_length} tokens ({dropped} dropped); raise the scale's max_length"
+        )
+    return Dataset.from_list(rows), {"n_examples": len(rows), "n_dropped_too_long": dropped}
+
+
+class LossCurve(TrainerCallback):
+    """Records (step, loss, lr) for plots/ and stops with a clear message on a NaN loss."""
+
+    def __init__(self):
+        self.rows: list[dict[str, Any]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        if not math.isfinite(loss):
+            raise TrainingDivergedError(
+                f"training loss became {loss} at step {state.global_step} (lr={logs.get('learning_rate')}); "
+                "lower the learning rate or check the data. No checkpoint was written."
+            )
+        self.rows.append({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "loss": loss,
+                          "learning_rate": logs.get("learning_rate", "")})
+
+
+def write_curve(rows: list[dict[str, Any]], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "learning_rate"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -> tuple[Any, dict, list[dict]]:
+    """Fine-tune `model` (a PEFT model) in place. Returns (model, metrics, loss curve rows)."""
+    from trl import SFTConfig, SFTTrainer
+
+    dataset, data_stats = build_dataset(examples, tokenizer, config.template, config.max_length)
+    curve = LossCurve()
+    with tempfile.TemporaryDirectory(prefix="cotlab-trainer-") as scratch:
+        args = SFTConfig(
+            output_dir=scratch,
+            learning_rate=config.lr,
+            num_train_epochs=config.epochs,
+            per_device_train_batch_size=config.batch_size,
+            gradient_accumulation_steps=config.grad_accum,
+            warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
+            weight_decay=config.weight_decay,
+            max_grad_norm=config.max_grad_norm,
+            lr_scheduler_type=config.lr_scheduler,
+            logging_steps=config.logging_steps,
+            logging_first_step=True,
+            save_strategy="no",
+            report_to=config.report_to,
+            seed=config.seed,
+            data_seed=config.seed,
+            completion_only_loss=True,
+            padding_free=config.padding_free,
+            # Padding-free rows are concatenations, so max_length is enforced by build_dataset instead.
+            max_length=None if config.padding_free else config.max_length,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            use_cpu=not _on_cuda(model),
+            bf16=_on_cuda(model) and _bf16(model),
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[curve])
+        result = trainer.train()
+    metrics = {
+        **data_stats,
+        "train_loss": float(result.training_loss),
+        "train_steps": int(result.global_step),
+        "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+        "train_samples_per_s": float(result.metrics.get("train_samples_per_second", 0.0)),
+        "final_loss": curve.rows[-1]["loss"] if curve.rows else float("nan"),
+    }
+    if not math.isfinite(metrics["train_loss"]):
+        raise TrainingDivergedError(f"training loss is {metrics['train_loss']}; no checkpoint was written")
+    return model, metrics, curve.rows
+
+
+def _on_cuda(model) -> bool:
+    return next(model.parameters()).device.type == "cuda"
+
+
+def _bf16(model) -> bool:
+    import torch
+
+    return any(p.dtype == torch.bfloat16 for p in model.parameters())

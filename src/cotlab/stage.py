@@ -1,0 +1,61 @@
+"""What every stage script shares: params, the paths of dvc.yaml, and one clear message on a known failure."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import textwrap
+from typing import Callable
+
+from cotlab.config import ConfigError, Params, flatten, load_params
+from cotlab.data.schema import DataError
+from cotlab.models import ModelLoadError
+from cotlab.prompts import METHOD_TEMPLATES
+
+KNOWN_FAILURES = (ConfigError, DataError, ModelLoadError)
+
+BASE_MODEL = "models/base"
+
+
+def data_dir(task: str) -> str:
+    return f"data/tasks/{task}"
+
+
+def model_dir(method: str, task: str) -> str:
+    return BASE_MODEL if method == "base" else f"models/{method}/{task}"
+
+
+def max_new_tokens(params: Params, template: str) -> int:
+    sizes = params.sizes
+    return sizes.max_new_tokens_cot if template == "cot" else sizes.max_new_tokens_direct
+
+
+def template_for(method: str) -> str:
+    if method not in METHOD_TEMPLATES:
+        raise ConfigError(f"unknown method {method!r}; expected one of {sorted(METHOD_TEMPLATES)}")
+    return METHOD_TEMPLATES[method]
+
+
+def mlflow_params(params: Params) -> dict:
+    return flatten(params)
+
+
+def stage_main(name: str) -> Callable:
+    """Run a stage's main(); a known failure becomes one paragraph on stderr and exit status 2."""
+
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def run() -> None:
+            from cotlab.methods.sft import TrainingDivergedError
+
+            try:
+                params = load_params("params.yaml")
+                fn(params, *sys.argv[1:])
+            except (*KNOWN_FAILURES, TrainingDivergedError) as e:
+                message = f"cotlab: stage {name} failed ({type(e).__name__}): {e}"
+                print(textwrap.fill(message, width=110), file=sys.stderr)
+                sys.exit(2)
+
+        return run
+
+    return wrap

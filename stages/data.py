@@ -1,0 +1,29 @@
+"""Stage data@<task>: train/test splits of one task in the example schema, and their sizes and class shares."""
+from collections import Counter
+
+from cotlab import tracking
+from cotlab.data.schema import write_json, write_jsonl
+from cotlab.data.sources import load_task
+from cotlab.stage import data_dir, mlflow_params, stage_main
+
+
+@stage_main("data")
+def main(params, task):
+    sizes = params.sizes
+    with tracking.stage_run(f"data@{task}", mlflow_params(params), task=task):
+        splits = load_task(task, params.task_specs[task], sizes.n_train, sizes.n_test, params.seed)
+        metrics = {}
+        for split, examples in splits.items():
+            write_jsonl(f"{data_dir(task)}/{split}.jsonl", examples)
+            metrics[f"n_{split}"] = len(examples)
+            counts = Counter(ex.answer for ex in examples)
+            if examples[0].answer_type in ("yes_no", "choice"):
+                for answer, count in sorted(counts.items()):
+                    metrics[f"{split}_share.{answer}"] = round(count / len(examples), 4)
+        write_json(f"metrics/data/{task}.json", metrics)
+        tracking.log_metrics(metrics)
+    print(f"data@{task}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    main()

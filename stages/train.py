@@ -1,0 +1,38 @@
+"""Stage <method>@<task> for method in {sft, cot_distill}: a LoRA adapter under models/<method>/<task>/."""
+from dataclasses import asdict
+
+from cotlab import tracking
+from cotlab.data.schema import read_examples, write_json
+from cotlab.methods import cot_distill, sft
+from cotlab.models import load_for_training, resolve_device, save_adapter
+from cotlab.stage import BASE_MODEL, data_dir, mlflow_params, model_dir, stage_main, template_for
+
+TRAINERS = {"sft": sft.train, "cot_distill": cot_distill.train}
+
+
+@stage_main("train")
+def main(params, method, task):
+    cfg = params.train_config(method)
+    init_from = model_dir("sft", task) if method == "cot_distill" and cfg.init_from == "sft" else None
+    run_config = sft.SFTRunConfig(
+        template=template_for(method), lr=params.learning_rate(method), epochs=params.epochs(method),
+        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, warmup_ratio=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, max_length=params.sizes.max_length,
+        padding_free=cfg.padding_free, logging_steps=cfg.logging_steps, seed=params.seed,
+    )
+    examples = read_examples(f"{data_dir(task)}/train.jsonl")
+    with tracking.stage_run(f"{method}@{task}", mlflow_params(params), method=method, task=task):
+        model, tokenizer, _ = load_for_training(BASE_MODEL, resolve_device(params.model.device), cfg.quantization,
+                                                asdict(cfg.lora), init_from)
+        model, metrics, curve = TRAINERS[method](model, tokenizer, examples, run_config)
+        save_adapter(model, tokenizer, model_dir(method, task), BASE_MODEL, method, run_config.template,
+                     cfg.quantization, params={**asdict(run_config), "task": task},
+                     extra={"task": task, "init_from": init_from})
+        sft.write_curve(curve, f"plots/train/{method}/{task}.csv")
+        write_json(f"metrics/train/{method}/{task}.json", metrics)
+        tracking.log_metrics(metrics)
+    print(f"{method}@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps")
+
+
+if __name__ == "__main__":
+    main()
