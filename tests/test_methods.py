@@ -1,0 +1,86 @@
+"""SFT and CoT distillation on a tiny model: the loss is finite, LoRA weights change, NaN stops training."""
+import math
+
+import pytest
+import torch
+
+from conftest import LORA
+from cotlab.methods import cot_distill, sft
+from cotlab.models import load_for_training, save_adapter, read_manifest
+
+FAST = dict(epochs=1, batch_size=4, logging_steps=1, report_to=[], max_length=512, lr=5e-3)
+
+
+def lora_weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("method", ["sft", "cot_distill"])
+def test_training_changes_lora_weights_with_finite_loss(method, tiny_base, examples):
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    before = lora_weights(model)
+    train = {"sft": sft.train, "cot_distill": cot_distill.train}[method]
+    model, metrics, curve = train(model, tokenizer, examples["train"], sft.SFTRunConfig(**FAST))
+    after = lora_weights(model)
+    assert math.isfinite(metrics["train_loss"]) and metrics["train_steps"] == 6
+    assert curve and all(math.isfinite(r["loss"]) for r in curve)
+    changed = [n for n in before if not torch.equal(before[n], after[n])]
+    assert len(changed) == len(before)  # every LoRA matrix received gradient
+    frozen = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    assert frozen == []
+
+
+def test_padding_free_batch_has_the_padded_loss(tiny_base, tokenizer, examples):
+    """Padding-free concatenation must not let examples attend to each other: same loss as padded batches."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from cotlab.models import load_checkpoint
+
+    model, _, _ = load_checkpoint(tiny_base, "cpu")
+    dataset, _ = sft.build_dataset(examples["train"][:4], tokenizer, "cot", 512)
+    rows = []
+    for r in dataset:
+        prompt = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
+        completion = tokenizer(r["completion"], add_special_tokens=False)["input_ids"]
+        rows.append({"input_ids": prompt + completion, "completion_mask": [0] * len(prompt) + [1] * len(completion)})
+    losses = {}
+    for padding_free in (True, False):
+        batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=padding_free)(rows)
+        with torch.no_grad():
+            losses[padding_free] = model(**batch).loss.item()
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_cot_distill_continues_the_sft_adapter(tiny_base, examples, tmp_path):
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    model, _, _ = sft.train(model, tokenizer, examples["train"], sft.SFTRunConfig(**FAST))
+    save_adapter(model, tokenizer, tmp_path / "sft", tiny_base, "sft", "direct", "none", params={})
+    phase_a = lora_weights(model)
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, str(tmp_path / "sft"))
+    loaded = lora_weights(model)
+    assert all(torch.equal(phase_a[n], loaded[n]) for n in phase_a)  # Phase B starts where Phase A ended
+    model, metrics, _ = cot_distill.train(model, tokenizer, examples["train"], sft.SFTRunConfig(**FAST))
+    manifest = save_adapter(model, tokenizer, tmp_path / "cot", tiny_base, "cot_distill", "cot", "none", params={},
+                            extra={"init_from": str(tmp_path / "sft")})
+    assert manifest["init_from"] == str(tmp_path / "sft")
+    assert read_manifest(tmp_path / "cot")["prompt"]["template"] == "cot"
+    assert any(not torch.equal(loaded[n], p) for n, p in lora_weights(model).items())
+
+
+def test_nan_loss_stops_training_with_a_clear_error(tiny_base, examples):
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.fill_(float("nan"))
+    with pytest.raises(sft.TrainingDivergedError, match="loss became nan at step 1"):
+        sft.train(model, tokenizer, examples["train"], sft.SFTRunConfig(**FAST))
+
+
+def test_examples_longer_than_max_length_are_dropped_and_counted(tokenizer, examples):
+    from cotlab.data.schema import DataError
+
+    dataset, stats = sft.build_dataset(examples["train"], tokenizer, "cot", max_length=120)
+    assert stats["n_dropped_too_long"] > 0 and len(dataset) == stats["n_examples"]
+    with pytest.raises(DataError, match="max_length=16"):
+        sft.build_dataset(examples["train"], tokenizer, "cot", max_length=16)

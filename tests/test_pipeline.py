@@ -1,0 +1,97 @@
+"""The whole DAG through DVC at tiny scale, re-runs, and experiments (temp and queued) tracked in one store."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from ruamel.yaml import YAML
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def sh(cwd, *cmd, timeout=600):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": ""}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A fresh clone of the project at tiny scale on one task, after one `dvc repro`."""
+    root = tmp_path_factory.mktemp("repo")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/", "reports/")) and name != "dvc.lock":
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, root / name)
+    yaml = YAML()
+    params = yaml.load(root / "params.yaml")
+    params["scale"] = "tiny"
+    params["tasks"] = ["strategyqa"]
+    yaml.dump(params, root / "params.yaml")
+    sh(root, "git", "init", "-q")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
+    started = time.time()
+    out = sh(root, "dvc", "repro")
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny run")
+    return {"root": root, "repro_log": out, "repro_s": time.time() - started}
+
+
+def runs(root):
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cotlab")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_whole_dag_at_tiny_scale(repo):
+    root = repo["root"]
+    compare = json.loads((root / "metrics" / "compare.json").read_text())
+    assert set(compare["strategyqa"]) == {"base_zeroshot", "base_fewshot", "sft", "cot_distill"}
+    assert 0 <= compare["strategyqa"]["sft"]["mcnemar_p"] <= 1
+    predictions = (root / "eval" / "sft" / "strategyqa" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == compare["strategyqa"]["sft"]["n"]
+    manifest = json.loads((root / "models" / "cot_distill" / "strategyqa" / "manifest.json").read_text())
+    assert manifest["init_from"] == "models/sft/strategyqa" and manifest["prompt"]["template"] == "cot"
+    assert (root / "reports" / "compare.md").read_text().count("| strategyqa |") == 4
+    stages = {r.data.tags["stage"] for r in runs(root)}
+    assert {"prepare_model", "data@strategyqa", "sft@strategyqa", "cot_distill@strategyqa", "compare"} <= stages
+    assert repo["repro_s"] < 300
+
+
+def test_repro_after_a_finished_run_does_nothing(repo):
+    started = time.time()
+    out = sh(repo["root"], "dvc", "repro")
+    assert "Data and pipelines are up to date" in out
+    assert time.time() - started < 30
+
+
+def test_temp_and_queued_experiments_land_in_the_same_store(repo):
+    root = repo["root"]
+    sh(root, "dvc", "exp", "run", "--temp", "-S", "lr=5e-5")
+    sh(root, "dvc", "exp", "run", "--queue", "-S", "lr=3e-4")
+    sh(root, "dvc", "queue", "start", "-j", "1")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = sh(root, "dvc", "queue", "status")
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    assert "Success" in status, status
+    lrs = {r.data.params.get("lr") for r in runs(root) if r.data.tags.get("stage") == "sft@strategyqa"}
+    assert {"5e-05", "0.0003"} <= lrs
+    names = {r.data.tags["dvc_exp_name"] for r in runs(root) if r.data.params.get("lr") in ("5e-05", "0.0003")}
+    assert "workspace" not in names and len(names) == 2
+    assert not list(root.glob(".dvc/tmp/exps/**/mlflow.db"))
+    shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
+    text = json.dumps(shown)
+    assert "5e-05" in text and "0.0003" in text

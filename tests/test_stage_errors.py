@@ -1,0 +1,58 @@
+"""Stage scripts fail with one clear paragraph, exit status 2, and no output that looks complete."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_stage(cwd, *args):
+    return subprocess.run([sys.executable, str(ROOT / "stages" / args[0]), *args[1:]], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def params_with(tmp_path, old="", new=""):
+    text = (ROOT / "params.yaml").read_text().replace("scale: demo", "scale: tiny")
+    (tmp_path / "params.yaml").write_text(text.replace(old, new, 1))
+
+
+def test_unknown_param_names_the_key(tmp_path):
+    params_with(tmp_path, "  batch_size: 8\n", "  batch_sise: 8\n")
+    result = run_stage(tmp_path, "prepare_model.py")
+    assert result.returncode == 2
+    assert "sft.batch_sise: unknown param" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_malformed_jsonl_row_names_the_file_and_row(tmp_path):
+    params_with(tmp_path)
+    task = tmp_path / "data" / "tasks" / "strategyqa"
+    task.mkdir(parents=True)
+    good = {"id": "a", "question": "Is it?", "answer": "yes", "answer_type": "yes_no"}
+    (task / "train.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n{not json\n")
+    result = run_stage(tmp_path, "train.py", "sft", "strategyqa")
+    assert result.returncode == 2
+    assert "train.jsonl: row 3 is not valid JSON" in result.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_missing_data_file_and_missing_model(tmp_path):
+    params_with(tmp_path)
+    result = run_stage(tmp_path, "train.py", "sft", "strategyqa")
+    assert result.returncode == 2 and "data file not found: data/tasks/strategyqa/train.jsonl" in result.stderr
+    task = tmp_path / "data" / "tasks" / "strategyqa"
+    task.mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "data" / "tiny.jsonl", task / "test.jsonl")
+    result = run_stage(tmp_path, "evaluate.py", "sft", "strategyqa")
+    assert result.returncode == 2 and "models/sft/strategyqa: no manifest.json" in result.stderr
+
+
+def test_empty_split_is_an_error(tmp_path):
+    params_with(tmp_path, "  strategyqa: {source: strategyqa, test_fraction: 0.2}",
+                "  strategyqa: {source: local, path: empty.jsonl, answer_type: yes_no}")
+    (tmp_path / "empty.jsonl").write_text("")
+    result = run_stage(tmp_path, "data.py", "strategyqa")
+    assert result.returncode == 2 and "empty" in result.stderr.lower()
+    assert not (tmp_path / "data" / "tasks" / "strategyqa" / "train.jsonl").exists()

@@ -1,0 +1,42 @@
+"""MLflow: one run per stage, tagged and with flattened params, step metrics from the Trainer callback."""
+import mlflow
+import pytest
+
+from conftest import LORA
+from cotlab import tracking
+from cotlab.config import flatten, load_params
+from cotlab.methods import sft
+from cotlab.models import load_for_training
+
+
+def test_experiment_copies_track_into_the_original_repository(tmp_path):
+    (tmp_path / ".dvc").mkdir()
+    exp_copy = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    exp_copy.mkdir(parents=True)
+    assert tracking.repo_root(exp_copy) == tmp_path
+    assert tracking.repo_root(tmp_path) == tmp_path
+
+
+def test_stage_run_tags_params_and_trainer_step_metrics(tmp_path, monkeypatch, tiny_base, examples):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-test")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
+    params = flatten(load_params(__import__("pathlib").Path(__file__).parents[1] / "params.yaml"))
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    with tracking.stage_run("sft@strategyqa", params, method="sft", task="strategyqa") as run:
+        sft.train(model, tokenizer, examples["train"], sft.SFTRunConfig(epochs=1, batch_size=4, logging_steps=1))
+        tracking.log_metrics({"accuracy": 0.5, "ignored": "text"})
+    assert (tmp_path / "mlflow.db").is_file()
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    stored = client.get_run(run.info.run_id)
+    assert stored.info.run_name == "sft@strategyqa"
+    tags = stored.data.tags
+    assert tags["dvc_exp_name"] == "exp-test" and tags["dvc_exp_baseline_rev"] == "abc123"
+    assert tags["stage"] == "sft@strategyqa" and tags["method"] == "sft" and tags["task"] == "strategyqa"
+    assert "git_commit" in tags
+    assert stored.data.params["lr"] == str(params["lr"]) and "sft.lora.r" in stored.data.params
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 7))  # one point per optimizer step
+    assert stored.data.metrics["accuracy"] == pytest.approx(0.5)
