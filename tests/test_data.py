@@ -236,15 +236,15 @@ def test_empty_split_error(tmp_path):
 
 
 @pytest.mark.parametrize("spec,pattern", [
-    ({"source": "nope"}, r"tasks\.bad\.source.*'nope'"),
-    ({"source": "gsm8k", "colour": "red"}, r"tasks\.bad\.colour.*'red'"),
-    ({"source": "strategyqa", "test_fraction": 1.5}, r"tasks\.bad\.test_fraction.*1\.5"),
-    ({"source": "reasoning_gym", "dataset": "chess"}, r"tasks\.bad\.dataset.*'chess'"),
-    ({"source": "reasoning_gym"}, r"tasks\.bad\.dataset"),
-    ({"source": "personal_relations", "hops": [3, 1]}, r"tasks\.bad\.hops.*\[3, 1\]"),
-    ({"source": "personal_relations", "universe": "yes"}, r"tasks\.bad\.universe.*'yes'"),
-    ({"source": "hub", "dataset": "imagenet"}, r"tasks\.bad\.dataset.*'imagenet'"),
-    ({"source": "local", "path": "x.jsonl", "answer_type": "float"}, r"tasks\.bad\.answer_type.*'float'"),
+    ({"source": "nope"}, r"task_specs\.bad\.source.*'nope'"),
+    ({"source": "gsm8k", "colour": "red"}, r"task_specs\.bad\.colour.*'red'"),
+    ({"source": "strategyqa", "test_fraction": 1.5}, r"task_specs\.bad\.test_fraction.*1\.5"),
+    ({"source": "reasoning_gym", "dataset": "chess"}, r"task_specs\.bad\.dataset.*'chess'"),
+    ({"source": "reasoning_gym"}, r"task_specs\.bad\.dataset"),
+    ({"source": "personal_relations", "hops": [3, 1]}, r"task_specs\.bad\.hops.*\[3, 1\]"),
+    ({"source": "personal_relations", "universe": "yes"}, r"task_specs\.bad\.universe.*'yes'"),
+    ({"source": "hub", "dataset": "imagenet"}, r"task_specs\.bad\.dataset.*'imagenet'"),
+    ({"source": "local", "path": "x.jsonl", "answer_type": "float"}, r"task_specs\.bad\.answer_type.*'float'"),
 ])
 def test_config_errors(spec, pattern):
     with pytest.raises(ConfigError, match=pattern):

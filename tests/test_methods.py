@@ -47,7 +47,9 @@ def test_padding_free_batch_has_the_padded_loss(tiny_base, tokenizer, examples):
     for padding_free in (True, False):
         batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=padding_free)(rows)
         with torch.no_grad():
-            losses[padding_free] = model(**batch).loss.item()
+            # As in SFTTrainer.compute_loss: without a KV cache, transformers builds the block-diagonal mask
+            # from position_ids (with a cache it would let packed examples attend to each other).
+            losses[padding_free] = model(**batch, use_cache=False).loss.item()
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
@@ -80,7 +82,9 @@ def test_nan_loss_stops_training_with_a_clear_error(tiny_base, examples):
 def test_examples_longer_than_max_length_are_dropped_and_counted(tokenizer, examples):
     from cotlab.data.schema import DataError
 
-    dataset, stats = sft.build_dataset(examples["train"], tokenizer, "cot", max_length=120)
+    lengths = sorted(len(tokenizer("".join(sft.render_training(tokenizer, ex, "cot").values()))["input_ids"])
+                     for ex in examples["train"])
+    dataset, stats = sft.build_dataset(examples["train"], tokenizer, "cot", max_length=lengths[len(lengths) // 2])
     assert stats["n_dropped_too_long"] > 0 and len(dataset) == stats["n_examples"]
     with pytest.raises(DataError, match="max_length=16"):
         sft.build_dataset(examples["train"], tokenizer, "cot", max_length=16)

@@ -35,4 +35,4 @@ def test_cot_target_holds_the_reasoning_and_few_shot_turns_precede_the_question(
     prompt = render_prompt(tokenizer, ex, "direct", shots)
     assert prompt.index(shots[0].question) < prompt.index(shots[1].question) < prompt.index(ex.question)
     assert prompt.endswith("<|im_start|>assistant\n")
-    assert prompt.count("The answer is: ") == 2 + 1  # two exemplar answers + the instruction
+    assert prompt.count("The answer is: ") == 2 * 2 + 1  # each exemplar: instruction + answer; then the question

@@ -114,6 +114,8 @@ def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -
             lr_scheduler_type=config.lr_scheduler,
             logging_steps=config.logging_steps,
             logging_first_step=True,
+            # The Trainer otherwise hides NaN/inf losses from the logs, and with them our divergence check.
+            logging_nan_inf_filter=False,
             save_strategy="no",
             report_to=config.report_to,
             seed=config.seed,
