@@ -18,7 +18,8 @@ def main(params, method, task):
         template=template_for(method), lr=params.learning_rate(method), epochs=params.epochs(method),
         batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, warmup_ratio=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, max_length=params.sizes.max_length,
-        padding_free=cfg.padding_free, logging_steps=cfg.logging_steps, seed=params.seed,
+        padding_free=cfg.padding_free, gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps, seed=params.seed,
     )
     examples = read_examples(f"{data_dir(task)}/train.jsonl")
     with tracking.stage_run(f"{method}@{task}", mlflow_params(params), method=method, task=task):

@@ -16,7 +16,7 @@ def test_repository_params_are_valid():
 
 def test_dvc_exp_float_spelling_is_a_float(tmp_path):
     # `dvc exp run -S lr=5e-5` writes 5e-05: a string for YAML 1.1 parsers, a float for us.
-    text = open("params.yaml").read().replace("lr: 2.0e-4", "lr: 5e-05", 1)
+    text = open("params.yaml").read().replace("lr: 1.0e-3", "lr: 5e-05", 1)
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")
     assert params.lr == 5e-05

@@ -45,7 +45,7 @@ class ModelConfig:
 class LoraParams:
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    dropout: float = 0.0
     target_modules: str | list[str] = "all-linear"
 
 
@@ -59,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     padding_free: bool = True
+    gradient_checkpointing: bool = False  # TRL turns it on by default; it recomputes activations, costing time
     logging_steps: int = 5
     quantization: Literal["none", "4bit"] = "none"
     lora: LoraParams = field(default_factory=LoraParams)

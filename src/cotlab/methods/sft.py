@@ -40,6 +40,7 @@ class SFTRunConfig:
     max_grad_norm: float = 1.0
     max_length: int = 512
     padding_free: bool = True
+    gradient_checkpointing: bool = False
     logging_steps: int = 5
     seed: int = 0
     lr_scheduler: str = "cosine"
@@ -122,6 +123,7 @@ def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -
             data_seed=config.seed,
             completion_only_loss=True,
             padding_free=config.padding_free,
+            gradient_checkpointing=config.gradient_checkpointing,
             # Padding-free rows are concatenations, so max_length is enforced by build_dataset instead.
             max_length=None if config.padding_free else config.max_length,
             dataloader_num_workers=0,
