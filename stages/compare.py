@@ -11,7 +11,7 @@ from cotlab.stage import mlflow_params, stage_main
 def main(params):
     cfg = params.compare
     with tracking.stage_run("compare", mlflow_params(params)):
-        result = compare(load_predictions("eval"), cfg.reference, cfg.bootstrap_resamples, cfg.confidence,
+        result = compare(load_predictions("eval", params.tasks), cfg.reference, cfg.bootstrap_resamples, cfg.confidence,
                          params.seed)
         write_json("metrics/compare.json", result)
         Path("reports").mkdir(exist_ok=True)

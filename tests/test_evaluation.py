@@ -53,3 +53,11 @@ def test_compare_refuses_different_test_sets(tmp_path):
     write_jsonl(tmp_path / "sft/t/predictions.jsonl", _preds([True, False], prefix="other"))
     with pytest.raises(DataError, match="different test sets"):
         compare(load_predictions(tmp_path), "base_zeroshot", 100, 0.95, seed=0)
+
+
+def test_compare_reads_only_the_configured_tasks(tmp_path):
+    for task in ("kept", "dropped"):
+        write_jsonl(tmp_path / f"base_zeroshot/{task}/predictions.jsonl", _preds([True, False]))
+    assert set(load_predictions(tmp_path, ["kept"])) == {"kept"}
+    with pytest.raises(DataError, match="missing_task"):
+        load_predictions(tmp_path, ["kept", "missing_task"])
