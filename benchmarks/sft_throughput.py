@@ -52,9 +52,9 @@ def main(argv):
     }
     runs = {name: [] for name in variants}
     for _ in range(repeats):
-        for name, (padding_free, checkpointing) in variants.items():
-            runs[name].append(run(path, train, padding_free, checkpointing))
-    best = {name: max(rs, key=lambda r: r["tokens_per_s"]) for name, rs in runs.items()}
+        for variant, (padding_free, checkpointing) in variants.items():
+            runs[variant].append(run(path, train, padding_free, checkpointing))
+    best = {variant: max(rs, key=lambda r: r["tokens_per_s"]) for variant, rs in runs.items()}
     result = {
         "model": name, "n_examples": len(train), **best,
         "speedup_vs_trl_default": best["cotlab_sft"]["tokens_per_s"] / best["trl_default"]["tokens_per_s"],
