@@ -29,7 +29,7 @@ def run(path, train, padding_free: bool, checkpointing: bool) -> dict:
     model, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
     config = sft.SFTRunConfig(template="cot", epochs=1, batch_size=8, report_to=[], logging_steps=10,
                               padding_free=padding_free, gradient_checkpointing=checkpointing, max_length=1024)
-    dataset, _ = sft.build_dataset(train, tokenizer, "cot", 1024)
+    dataset, _, _ = sft.build_dataset(train, tokenizer, "cot", 1024)
     with PeakRSS() as mem:
         started = time.perf_counter()
         sft.train(model, tokenizer, train, config)

@@ -1,11 +1,12 @@
-"""Stage <method>@<task> for method in {sft, cot_distill}: a LoRA adapter under models/<method>/<task>/."""
+"""Stage <method>@<task> for method in {sft, cot_distill}: a LoRA adapter under models/<method>/<task>/, trained on
+the filtered teacher data (data/filtered/<task>: gold answers, teacher reasoning, rebalance weights)."""
 from dataclasses import asdict
 
 from cotlab import tracking
 from cotlab.data.schema import read_examples, write_json
 from cotlab.methods import cot_distill, sft
 from cotlab.models import load_for_training, resolve_device, save_adapter
-from cotlab.stage import BASE_MODEL, data_dir, mlflow_params, model_dir, stage_main, template_for
+from cotlab.stage import BASE_MODEL, filtered_dir, mlflow_params, model_dir, stage_main, template_for
 
 TRAINERS = {"sft": sft.train, "cot_distill": cot_distill.train}
 
@@ -21,7 +22,7 @@ def main(params, method, task):
         padding_free=cfg.padding_free, gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps, seed=params.seed,
     )
-    examples = read_examples(f"{data_dir(task)}/train.jsonl")
+    examples = read_examples(f"{filtered_dir(task)}/train.jsonl")
     with tracking.stage_run(f"{method}@{task}", mlflow_params(params), method=method, task=task):
         model, tokenizer, _ = load_for_training(BASE_MODEL, resolve_device(params.model.device), cfg.quantization,
                                                 asdict(cfg.lora), init_from)

@@ -37,7 +37,7 @@ def test_padding_free_batch_has_the_padded_loss(tiny_base, tokenizer, examples):
     from cotlab.models import load_checkpoint
 
     model, _, _ = load_checkpoint(tiny_base, "cpu")
-    dataset, _ = sft.build_dataset(examples["train"][:4], tokenizer, "cot", 512)
+    dataset, _, _ = sft.build_dataset(examples["train"][:4], tokenizer, "cot", 512)
     rows = []
     for r in dataset:
         prompt = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
@@ -84,7 +84,7 @@ def test_examples_longer_than_max_length_are_dropped_and_counted(tokenizer, exam
 
     lengths = sorted(len(tokenizer("".join(sft.render_training(tokenizer, ex, "cot").values()))["input_ids"])
                      for ex in examples["train"])
-    dataset, stats = sft.build_dataset(examples["train"], tokenizer, "cot", max_length=lengths[len(lengths) // 2])
+    dataset, _, stats = sft.build_dataset(examples["train"], tokenizer, "cot", max_length=lengths[len(lengths) // 2])
     assert stats["n_dropped_too_long"] > 0 and len(dataset) == stats["n_examples"]
     with pytest.raises(DataError, match="max_length=16"):
         sft.build_dataset(examples["train"], tokenizer, "cot", max_length=16)

@@ -1,7 +1,6 @@
 """The whole DAG through DVC at tiny scale, re-runs, and experiments (temp and queued) tracked in one store."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -10,6 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 from ruamel.yaml import YAML
+
+from conftest import copy_project
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -26,12 +27,7 @@ def sh(cwd, *cmd, timeout=600):
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A fresh clone of the project at tiny scale on one task, after one `dvc repro`."""
-    root = tmp_path_factory.mktemp("repo")
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    for name in tracked:
-        if (ROOT / name).is_file() and not name.startswith(("metrics/", "plots/", "reports/")) and name != "dvc.lock":
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
+    root = copy_project(tmp_path_factory.mktemp("repo"))
     yaml = YAML()
     params = yaml.load(root / "params.yaml")
     params["scale"] = "tiny"

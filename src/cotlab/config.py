@@ -8,6 +8,7 @@ raises ConfigError naming the dotted key and the bad value.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -80,6 +81,43 @@ class CompareConfig:
 
 
 @dataclass
+class DraftsConfig:
+    max_new_tokens: int = 48
+    batch_size: int | None = None  # None = the scale's eval_batch_size
+
+
+@dataclass
+class TeacherConfig:
+    backend: Literal["oracle", "local", "openai"] = "oracle"
+    model: str = "gpt-4o-mini"  # openai: the served model's name; local: a checkpoint folder, HF id or path
+    base_url: str | None = None  # None = the client's default (api.openai.com)
+    api_key_env: str | None = "OPENAI_API_KEY"  # the NAME of the variable holding the key; null for keyless servers
+    concurrency: int = 16
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    temperature: float = 0.0
+    max_tokens: int = 512
+    local_batch_size: int = 16
+    dry_run: bool = False
+
+
+@dataclass
+class FilterConfig:
+    require_agreement: bool = True  # drop rows whose teacher answer differs from the ground truth
+    dedupe: bool = True
+    min_reasoning_words: int = 3
+    max_reasoning_words: int = 400
+    rebalance: Literal["none", "upsample", "downsample", "weights"] = "upsample"
+
+
+@dataclass
+class CandidatesConfig:
+    task: str = "gsm8k"
+    argument_correct_rate: float = 0.7  # share of arguments that pick the correct candidate
+    corrupt_step: Literal["random", "first", "middle", "last"] = "random"  # which arithmetic step the oracle breaks
+
+
+@dataclass
 class Params:
     lr: float
     seed: int
@@ -90,6 +128,10 @@ class Params:
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: TrainConfig = field(default_factory=TrainConfig)
     cot_distill: TrainConfig = field(default_factory=TrainConfig)
+    drafts: DraftsConfig = field(default_factory=DraftsConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
@@ -130,6 +172,16 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "confidence": (lambda v: 0 < v < 1, "in (0, 1)"),
     "few_shot": (lambda v: v >= 0, ">= 0"),
     "logging_steps": (lambda v: v >= 1, ">= 1"),
+    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "concurrency": (lambda v: v >= 1, ">= 1"),
+    "local_batch_size": (lambda v: v >= 1, ">= 1"),
+    "timeout_s": (lambda v: v > 0, "> 0"),
+    "max_retries": (lambda v: v >= 0, ">= 0"),
+    "temperature": (lambda v: 0 <= v <= 2, "in [0, 2]"),
+    "max_tokens": (lambda v: v >= 1, ">= 1"),
+    "min_reasoning_words": (lambda v: v >= 0, ">= 0"),
+    "max_reasoning_words": (lambda v: v >= 1, ">= 1"),
+    "argument_correct_rate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
 }
 
 
@@ -216,6 +268,15 @@ def parse_params(data: dict[str, Any]) -> Params:
     for name in params.tasks:
         if name not in params.task_specs:
             raise ConfigError(f"tasks: {name!r} has no entry under task_specs (defined: {sorted(params.task_specs)})")
+    env_name = params.teacher.api_key_env
+    if env_name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
+        # Never echo the value: it may be the key itself, pasted where its variable's name belongs.
+        raise ConfigError("teacher.api_key_env: must be the NAME of an environment variable (letters, digits, _), "
+                          "not a key; export the key in that variable instead")
+    if params.filter.min_reasoning_words > params.filter.max_reasoning_words:
+        raise ConfigError("filter.min_reasoning_words: larger than filter.max_reasoning_words")
+    if params.candidates.task not in params.task_specs:
+        raise ConfigError(f"candidates.task: {params.candidates.task!r} has no entry under task_specs")
     for name in ("tiny", "demo", "full"):
         if name not in params.scales:
             raise ConfigError(f"scales.{name}: required scale is missing")

@@ -39,17 +39,21 @@ def display_answer(example: Example) -> str:
     return example.answer
 
 
-def user_message(example: Example, template: str) -> str:
-    if template not in _INSTRUCTION:
-        raise ValueError(f"unknown prompt template {template!r}; expected one of {sorted(_INSTRUCTION)}")
+def question_block(example: Example) -> str:
+    """Facts (if any), the question and the options: what every prompt about an example starts with."""
     parts = []
     if example.context:
         parts.append(f"Facts:\n{example.context}")
     parts.append(f"Question: {example.question}")
     if example.choices:
         parts.append("Options: " + " ".join(example.choices))
-    parts.append(_INSTRUCTION[template].format(hint=_ANSWER_HINT[example.answer_type]))
     return "\n".join(parts)
+
+
+def user_message(example: Example, template: str) -> str:
+    if template not in _INSTRUCTION:
+        raise ValueError(f"unknown prompt template {template!r}; expected one of {sorted(_INSTRUCTION)}")
+    return question_block(example) + "\n" + _INSTRUCTION[template].format(hint=_ANSWER_HINT[example.answer_type])
 
 
 def target(example: Example, template: str) -> str:
@@ -60,7 +64,8 @@ def target(example: Example, template: str) -> str:
     return final
 
 
-def _chat(tokenizer, messages: list[dict[str, str]]) -> str:
+def render_messages(tokenizer, messages: list[dict[str, str]]) -> str:
+    """A chat rendered for generation: the model's chat template, or a plain transcript for base models."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     # Base models without a chat template: a plain, stable transcript format.
@@ -79,7 +84,7 @@ def render_prompt(tokenizer, example: Example, template: str, shots: Sequence[Ex
         messages.append({"role": "user", "content": user_message(shot, template)})
         messages.append({"role": "assistant", "content": target(shot, template)})
     messages.append({"role": "user", "content": user_message(example, template)})
-    return _chat(tokenizer, messages)
+    return render_messages(tokenizer, messages)
 
 
 def render_training(tokenizer, example: Example, template: str) -> dict[str, str]:
@@ -88,3 +93,51 @@ def render_training(tokenizer, example: Example, template: str) -> dict[str, str
         "prompt": render_prompt(tokenizer, example, template),
         "completion": target(example, template) + end_of_turn(tokenizer),
     }
+
+
+# ---------------------------------------------------------------- data generation (drafts, teacher, candidates)
+# These prompts produce data, not model inputs at train/eval time; cotlab.formats parses what comes back.
+
+def draft_messages(example: Example) -> list[dict[str, str]]:
+    """The student's draft: a quick answer with a reason, and the questions it would ask a teacher."""
+    hint = _ANSWER_HINT[example.answer_type]
+    return [{"role": "user", "content": (
+        f"{question_block(example)}\n"
+        "Write a quick draft in exactly this format:\n"
+        f"Answer: <{hint}> - <brief reasoning>\n"
+        "Questions: <a focused sub-question>? <your key uncertainty>?"
+    )}]
+
+
+TEACHER_SYSTEM = "You are a patient teacher. You check a student's draft and then solve the problem carefully."
+
+
+def teacher_messages(example: Example, draft: str) -> list[dict[str, str]]:
+    hint = _ANSWER_HINT[example.answer_type]
+    return [
+        {"role": "system", "content": TEACHER_SYSTEM},
+        {"role": "user", "content": (
+            f"{question_block(example)}\n\n"
+            f"Student draft:\n{draft.strip() or '(no draft)'}\n\n"
+            "Reply in exactly this format:\n"
+            "Teaching Analysis: <what the draft gets right or wrong, in one or two sentences>\n"
+            "Step-by-Step Reasoning:\n1. <first step>\n2. <next step>\n...\n"
+            f"Final Assessment: the answer is: **<{hint}>**"
+        )},
+    ]
+
+
+def candidates_messages(example: Example, correct: str, argued: str) -> list[dict[str, str]]:
+    """Two explained answers (one with a single arithmetic slip) and an argument for the candidate `argued`."""
+    wrong = "B" if correct == "A" else "A"
+    return [
+        {"role": "system", "content": "You write worked solutions to math word problems."},
+        {"role": "user", "content": (
+            f"{question_block(example)}\n\n"
+            f"Write Candidate {correct} as a correct step-by-step solution, and Candidate {wrong} as the same "
+            "solution with exactly one arithmetic mistake carried through to a wrong final answer. End each "
+            "candidate with 'The answer is: <number>'. Then write an Argument of two or three sentences that "
+            f"Candidate {argued} is correct, ending with 'Therefore, Candidate {argued} is correct.'\n"
+            "Format:\nCandidate A:\n<solution>\nCandidate B:\n<solution>\nArgument:\n<argument>"
+        )},
+    ]

@@ -21,6 +21,18 @@ def data_dir(task: str) -> str:
     return f"data/tasks/{task}"
 
 
+def drafts_dir(task: str) -> str:
+    return f"data/drafts/{task}"
+
+
+def teacher_dir(task: str) -> str:
+    return f"data/teacher/{task}"
+
+
+def filtered_dir(task: str) -> str:
+    return f"data/filtered/{task}"
+
+
 def model_dir(method: str, task: str) -> str:
     return BASE_MODEL if method == "base" else f"models/{method}/{task}"
 

@@ -26,6 +26,7 @@ class Example:
     reasoning: str = ""
     context: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0  # training weight (filter's `rebalance: weights`); training samples rows in proportion
 
     def __post_init__(self) -> None:
         if self.answer_type not in ANSWER_TYPES:

@@ -90,7 +90,9 @@ def gsm8k_row(row: dict, ex_id: str) -> Example:
     solution, _, final = row["answer"].rpartition("####")
     reasoning = re.sub(r"<<[^>]*>>", "", solution).strip()
     return Example(id=ex_id, question=row["question"].strip(), answer=_number_answer(final, ex_id),
-                   answer_type="number", reasoning=reasoning, metadata={"source": "gsm8k"})
+                   answer_type="number", reasoning=reasoning,
+                   # With its calculator annotations (<<48/2=24>>): the steps the candidates oracle can break.
+                   metadata={"source": "gsm8k", "solution": solution.strip()})
 
 
 def _as_list(value: Any) -> list[str]:
@@ -120,7 +122,8 @@ def svamp_row(row: dict, ex_id: str) -> Example:
     equation = re.sub(r"\(\s+", "(", re.sub(r"\s+\)", ")", equation))
     return Example(id=ex_id, question=f"{row['Body'].strip()} {row['Question'].strip()}", answer=answer,
                    answer_type="number", reasoning=f"Equation: {equation} = {answer}",
-                   metadata={"source": "svamp", "type": row.get("Type", "")})
+                   metadata={"source": "svamp", "type": row.get("Type", ""),
+                             "solution": f"Equation: {equation} = <<{equation}={answer}>>{answer}"})
 
 
 def aqua_row(row: dict, ex_id: str) -> Example:

@@ -52,7 +52,7 @@ def build_dataset(examples: Sequence[Example], tokenizer, template: str, max_len
     never silently truncated: a truncated target teaches the model to stop mid-answer."""
     from datasets import Dataset
 
-    rows, dropped = [], 0
+    rows, weights, dropped = [], [], 0
     for ex in examples:
         pair = render_training(tokenizer, ex, template)
         n_tokens = len(tokenizer(pair["prompt"] + pair["completion"], add_special_tokens=False)["input_ids"])
@@ -60,11 +60,12 @@ def build_dataset(examples: Sequence[Example], tokenizer, template: str, max_len
             dropped += 1
             continue
         rows.append(pair)
+        weights.append(ex.weight)
     if not rows:
         raise DataError(
             f"no training example fits max_length={max_length} tokens ({dropped} dropped); raise the scale's max_length"
         )
-    return Dataset.from_list(rows), {"n_examples": len(rows), "n_dropped_too_long": dropped}
+    return Dataset.from_list(rows), weights, {"n_examples": len(rows), "n_dropped_too_long": dropped}
 
 
 class LossCurve(TrainerCallback):
@@ -100,7 +101,7 @@ def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -
     """Fine-tune `model` (a PEFT model) in place. Returns (model, metrics, loss curve rows)."""
     from trl import SFTConfig, SFTTrainer
 
-    dataset, data_stats = build_dataset(examples, tokenizer, config.template, config.max_length)
+    dataset, weights, data_stats = build_dataset(examples, tokenizer, config.template, config.max_length)
     curve = LossCurve()
     with tempfile.TemporaryDirectory(prefix="cotlab-trainer-") as scratch:
         args = SFTConfig(
@@ -131,8 +132,9 @@ def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -
             use_cpu=not _on_cuda(model),
             bf16=_on_cuda(model) and _bf16(model),
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[curve])
+        trainer_class = SFTTrainer if all(w == 1.0 for w in weights) else _weighted_trainer(weights, config.seed)
+        trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                callbacks=[curve])
         result = trainer.train()
     metrics = {
         **data_stats,
@@ -145,6 +147,24 @@ def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -
     if not math.isfinite(metrics["train_loss"]):
         raise TrainingDivergedError(f"training loss is {metrics['train_loss']}; no checkpoint was written")
     return model, metrics, curve.rows
+
+
+def _weighted_trainer(weights: list[float], seed: int):
+    """SFTTrainer drawing rows with probability proportional to their weight (filter's `rebalance: weights`).
+
+    Sampling with replacement by weight w_i gives a gradient whose expectation is that of the weighted loss
+    sum_i w_i * L_i / sum_i w_i, and keeps padding-free batches intact (a per-row loss scale would not).
+    """
+    import torch
+    from torch.utils.data import WeightedRandomSampler
+    from trl import SFTTrainer
+
+    class WeightedSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
+                                         generator=torch.Generator().manual_seed(seed))
+
+    return WeightedSFTTrainer
 
 
 def _on_cuda(model) -> bool:

@@ -1,0 +1,361 @@
+"""Teacher LLMs behind one interface, with a content-addressed on-disk response cache and usage accounting.
+
+Backends:
+- `oracle`: the dataset's own reasoning (GSM8K worked solutions, StrategyQA facts + decomposition, reasoning-gym
+  solutions) rendered in the teacher's format by `cotlab.formats`. Exact, free, offline.
+- `local`: a transformers model in this process, batched greedy generation.
+- `openai`: the official async `openai` client against any OpenAI-compatible `base_url` (OpenAI, vLLM, Ollama,
+  llama.cpp server). Retries, exponential backoff and Retry-After are the client's own (`max_retries`); what is
+  still failing after them is recorded with its reason, never raised.
+
+The cache key is sha256 over (backend, model, messages, temperature, max_tokens). Every answer is written to the
+cache the moment it arrives, atomically, so a crash or a SIGKILL loses at most the requests in flight, and a
+re-run (or an experiment that changes only downstream params) sends nothing that was already answered.
+The cache lives outside every DVC output (`<repo>/.cotlab-cache/teacher`, or $COTLAB_CACHE_DIR), so DVC never
+deletes it before a run. Failures are not cached: a re-run tries them again.
+
+The API key is read from the environment variable named by `api_key_env` and goes only into the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from cotlab.config import ConfigError, TeacherConfig
+from cotlab.data.schema import Example, write_json
+
+# USD per 1M tokens (input, output), from the providers' price lists; models not listed get no estimate.
+PRICES_PER_MTOK = {
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "gpt-3.5-turbo": (0.50, 1.50),
+    "o3-mini": (1.10, 4.40),
+    "o4-mini": (1.10, 4.40),
+}
+CHARS_PER_TOKEN = 4  # dry-run estimate of prompt tokens when no tokenizer of the teacher is at hand
+
+
+@dataclass
+class Request:
+    id: str
+    messages: list[dict[str, str]]
+    kind: str = "reasoning"  # what the oracle renders: reasoning | candidates
+    example: Example | None = None  # the oracle's source of truth
+    context: dict[str, Any] = field(default_factory=dict)  # what the oracle needs besides the example
+
+
+@dataclass
+class Response:
+    id: str
+    key: str
+    status: str  # ok | failed | dry_run
+    text: str = ""
+    reason: str = ""  # why it failed: rate_limited, server_error, timeout, connection, malformed, empty_choices, ...
+    cached: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Usage:
+    requests: int = 0  # distinct requests this run asked for
+    cache_hits: int = 0
+    sent: int = 0  # requests that went to the backend (each answered or failed once)
+    http_attempts: int = 0  # HTTP requests, retries included (openai backend)
+    answered: int = 0
+    failed: Counter = field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+    wall_s: float = 0.0
+
+    def metrics(self, prefix: str = "usage") -> dict[str, Any]:
+        out = {f"{prefix}.{k}": v for k, v in asdict(self).items() if k != "failed" and v is not None}
+        out[f"{prefix}.failed"] = sum(self.failed.values())
+        out.update({f"{prefix}.failed.{reason}": n for reason, n in sorted(self.failed.items())})
+        return out
+
+
+def cache_key(backend: str, model: str, messages: list[dict[str, str]], temperature: float, max_tokens: int) -> str:
+    payload = {"backend": backend, "model": model, "messages": messages, "temperature": temperature,
+               "max_tokens": max_tokens}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    from cotlab.tracking import repo_root
+
+    return Path(os.environ.get("COTLAB_CACHE_DIR") or repo_root() / ".cotlab-cache") / "teacher"
+
+
+class ResponseCache:
+    """One JSON file per answer, named by its key: concurrent writers never corrupt each other's entries."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        try:
+            return json.loads(self._path(key).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None  # a torn file cannot exist (atomic writes), but a hand-edited one is just a miss
+
+    def put(self, key: str, record: dict) -> None:
+        write_json(self._path(key), record)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.root.glob("*/*.json")) if self.root.is_dir() else 0
+
+
+def estimate_cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    price = PRICES_PER_MTOK.get(model)
+    if price is None:
+        return None
+    return round((prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6, 9)
+
+
+class Teacher:
+    def __init__(self, config: TeacherConfig, cache_dir: str | Path | None = None,
+                 oracle: Callable[[Request], str] | None = None):
+        self.config = config
+        self.cache = ResponseCache(cache_dir or default_cache_dir())
+        self.oracle = oracle
+        self._local = None
+        if config.backend == "openai":
+            self._api_key()  # fail before any work, not after the first request
+        if config.backend == "local" and config.temperature > 0:
+            raise ConfigError("teacher.temperature: the local backend decodes greedily; set it to 0")
+
+    @property
+    def model_name(self) -> str:
+        return "oracle" if self.config.backend == "oracle" else self.config.model
+
+    def key(self, request: Request) -> str:
+        c = self.config
+        messages = request.messages
+        if c.backend == "oracle":  # the oracle's answer depends on what it renders, not on the wording asked
+            messages = [*messages, {"role": "oracle", "content": json.dumps(request.context, sort_keys=True)}]
+        return cache_key(c.backend, self.model_name, messages, c.temperature, c.max_tokens)
+
+    def _api_key(self) -> str:
+        name = self.config.api_key_env
+        if not name:
+            return "not-needed"  # local servers (vLLM, Ollama, llama.cpp) accept any key
+        value = os.environ.get(name)
+        if not value:
+            raise ConfigError(f"teacher.api_key_env: the environment variable {name} is not set; export the key "
+                              f"there (the key itself never goes into params.yaml)")
+        return value
+
+    # ------------------------------------------------------------------ the one entry point
+
+    def run(self, requests: Sequence[Request]) -> tuple[list[Response], Usage]:
+        """One Response per request, in order. Identical requests are sent once."""
+        start = time.perf_counter()
+        usage = Usage()
+        keys = [self.key(r) for r in requests]
+        unique: dict[str, Request] = {}
+        for key, request in zip(keys, requests):
+            unique.setdefault(key, request)
+        usage.requests = len(unique)
+        answers: dict[str, Response] = {}
+        todo: list[tuple[str, Request]] = []
+        for key, request in unique.items():
+            hit = self.cache.get(key) if self.config.backend != "oracle" else None
+            if hit is not None:
+                usage.cache_hits += 1
+                answers[key] = Response(request.id, key, "ok", hit["text"], cached=True,
+                                        prompt_tokens=hit.get("prompt_tokens", 0),
+                                        completion_tokens=hit.get("completion_tokens", 0))
+            else:
+                todo.append((key, request))
+        if self.config.dry_run:
+            for key, request in todo:
+                answers[key] = Response(request.id, key, "dry_run",
+                                        prompt_tokens=estimate_prompt_tokens(request.messages),
+                                        completion_tokens=self.config.max_tokens)
+        elif todo:
+            usage.sent = len(todo)
+            backend = {"oracle": self._run_oracle, "local": self._run_local, "openai": self._run_openai}
+            for response in backend[self.config.backend](todo, usage):
+                answers[response.key] = response
+        for response in answers.values():
+            if response.status == "ok" and not response.cached:
+                usage.answered += 1
+            elif response.status == "failed":
+                usage.failed[response.reason] += 1
+            if response.status == "dry_run" or (response.status == "ok" and not response.cached):
+                usage.prompt_tokens += response.prompt_tokens
+                usage.completion_tokens += response.completion_tokens
+        usage.cost_usd = 0.0 if self.config.backend != "openai" else estimate_cost(
+            self.config.model, usage.prompt_tokens, usage.completion_tokens)
+        usage.wall_s = round(time.perf_counter() - start, 3)
+        out = []
+        for request, key in zip(requests, keys):
+            r = answers[key]
+            out.append(r if r.id == request.id else Response(**{**asdict(r), "id": request.id}))
+        return out, usage
+
+    def _store(self, key: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self.cache.put(key, {"key": key, "backend": self.config.backend, "model": self.model_name, "text": text,
+                             "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens})
+
+    # ------------------------------------------------------------------ oracle
+
+    def _run_oracle(self, todo: list[tuple[str, Request]], usage: Usage) -> list[Response]:
+        if self.oracle is None:
+            raise ConfigError("teacher.backend: oracle needs a renderer for this stage's requests")
+        out = []
+        for key, request in todo:
+            try:
+                text = self.oracle(request)
+            except OracleUnavailable as e:
+                out.append(Response(request.id, key, "failed", reason=e.reason))
+                continue
+            out.append(Response(request.id, key, "ok", text))
+        return out
+
+    # ------------------------------------------------------------------ local
+
+    def _run_local(self, todo: list[tuple[str, Request]], usage: Usage) -> list[Response]:
+        from cotlab.evaluation.generate import generate
+        from cotlab.prompts import render_messages
+
+        model, tokenizer = self._local_model()
+        prompts = [render_messages(tokenizer, r.messages) for _, r in todo]
+        generations = generate(model, tokenizer, prompts, self.config.max_tokens, self.config.local_batch_size)
+        out = []
+        for (key, request), prompt, gen in zip(todo, prompts, generations):
+            n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if not gen.text.strip():
+                out.append(Response(request.id, key, "failed", reason="empty_content"))
+                continue
+            self._store(key, gen.text, n_prompt, gen.n_new_tokens)
+            out.append(Response(request.id, key, "ok", gen.text, prompt_tokens=n_prompt,
+                                completion_tokens=gen.n_new_tokens))
+        return out
+
+    def _local_model(self):
+        if self._local is None:
+            from cotlab.models import ModelLoadError, load_checkpoint
+
+            path = Path(self.config.model)
+            if (path / "manifest.json").is_file():
+                self._local = load_checkpoint(path, "auto")[:2]
+            else:
+                from transformers import AutoModelForCausalLM, AutoTokenizer
+
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+                    model = AutoModelForCausalLM.from_pretrained(self.config.model).eval()
+                except (OSError, ValueError) as e:
+                    raise ModelLoadError(f"teacher.model: cannot load {self.config.model!r} for the local "
+                                         f"backend: {e}") from None
+                if tokenizer.pad_token is None:
+                    tokenizer.pad_token = tokenizer.eos_token
+                self._local = (model, tokenizer)
+        return self._local
+
+    # ------------------------------------------------------------------ openai
+
+    def _run_openai(self, todo: list[tuple[str, Request]], usage: Usage) -> list[Response]:
+        return asyncio.run(self._openai_all(todo, usage))
+
+    async def _openai_all(self, todo: list[tuple[str, Request]], usage: Usage) -> list[Response]:
+        import openai
+
+        async def count_attempt(request) -> None:
+            usage.http_attempts += 1
+
+        c = self.config
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_attempt]})
+        client = openai.AsyncOpenAI(base_url=c.base_url, api_key=self._api_key(), timeout=c.timeout_s,
+                                    max_retries=c.max_retries, http_client=http_client)
+        gate = asyncio.Semaphore(c.concurrency)
+
+        async def one(key: str, request: Request) -> Response:
+            async with gate:
+                response = await self._openai_one(client, key, request)
+            if response.status == "ok":
+                self._store(key, response.text, response.prompt_tokens, response.completion_tokens)
+            return response
+
+        async with client:
+            return list(await asyncio.gather(*(one(key, request) for key, request in todo)))
+
+    async def _openai_one(self, client, key: str, request: Request) -> Response:
+        import openai
+
+        c = self.config
+
+        def failed(reason: str) -> Response:
+            return Response(request.id, key, "failed", reason=reason)
+
+        try:
+            completion = await client.chat.completions.create(
+                model=c.model, messages=request.messages, temperature=c.temperature, max_tokens=c.max_tokens)
+        except openai.APITimeoutError:
+            return failed("timeout")
+        except openai.APIConnectionError:
+            return failed("connection")
+        except openai.RateLimitError:
+            return failed("rate_limited")
+        except openai.InternalServerError as e:
+            return failed(f"server_error_{e.status_code}")
+        except openai.AuthenticationError:
+            return failed("auth")
+        except openai.APIStatusError as e:
+            return failed(f"http_{e.status_code}")
+        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError):
+            return failed("malformed")
+        choices = getattr(completion, "choices", None)
+        if not isinstance(choices, list):
+            return failed("malformed")  # a 200 whose body is not a chat completion (e.g. not JSON at all)
+        if not choices:
+            return failed("empty_choices")
+        message = getattr(choices[0], "message", None)
+        text = getattr(message, "content", None)
+        if not isinstance(text, str) or not text.strip():
+            return failed("empty_content")
+        tokens = getattr(completion, "usage", None)
+        return Response(request.id, key, "ok", text,
+                        prompt_tokens=int(getattr(tokens, "prompt_tokens", 0) or 0),
+                        completion_tokens=int(getattr(tokens, "completion_tokens", 0) or 0))
+
+
+class OracleUnavailable(Exception):
+    """The dataset has no reasoning for this example, so the oracle cannot answer it."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"]) for m in messages) // CHARS_PER_TOKEN + 4 * len(messages)
+
+
+def dry_run_rows(requests: Sequence[Request], responses: Sequence[Response], model: str) -> list[dict]:
+    """What a real run would send: the messages, token estimates (completion = max_tokens, an upper bound) and
+    the estimated cost; requests already in the cache are marked and cost nothing."""
+    rows = []
+    for request, response in zip(requests, responses):
+        cost = None if response.cached else estimate_cost(model, response.prompt_tokens, response.completion_tokens)
+        rows.append({"id": request.id, "messages": request.messages, "cached": response.cached,
+                     "est_prompt_tokens": response.prompt_tokens, "est_completion_tokens": response.completion_tokens,
+                     "est_cost_usd": cost})
+    return rows
