@@ -64,6 +64,11 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def do_GET(self):  # /stats: what a benchmark in another process needs to know
+                with owner.lock:
+                    stats = {"attempts": len(owner.attempts), "answered": sum(owner.answered.values())}
+                self._send(200, json.dumps(stats).encode())
+
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 messages = body["messages"]
@@ -127,3 +132,14 @@ class FakeOpenAI:
     def keys_attempted(self) -> set[str]:
         with self.lock:
             return {a["key"] for a in self.attempts}
+
+
+if __name__ == "__main__":  # a server in its own process (benchmarks): prints its base_url, serves until killed
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--latency-s", type=float, default=0.0)
+    with FakeOpenAI(latency_s=parser.parse_args().latency_s) as server:
+        print(server.base_url, flush=True)
+        sys.stdin.read()  # until the parent closes our stdin

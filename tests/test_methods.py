@@ -88,3 +88,28 @@ def test_examples_longer_than_max_length_are_dropped_and_counted(tokenizer, exam
     assert stats["n_dropped_too_long"] > 0 and len(dataset) == stats["n_examples"]
     with pytest.raises(DataError, match="max_length=16"):
         sft.build_dataset(examples["train"], tokenizer, "cot", max_length=16)
+
+
+def test_rebalance_weights_are_consumed_by_training(tiny_base, examples):
+    """filter's `rebalance: weights`: rows are drawn with probability proportional to their weight."""
+    from collections import Counter
+    from dataclasses import replace
+
+    from trl import SFTConfig
+
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    weighted = [replace(ex, weight=3.0 if i % 4 == 0 else 1.0) for i, ex in enumerate(examples["train"])]
+    before = lora_weights(model)
+    model, metrics, _ = sft.train(model, tokenizer, weighted, sft.SFTRunConfig(**FAST))
+    assert math.isfinite(metrics["train_loss"]) and metrics["train_steps"] == 6
+    assert all(not torch.equal(before[n], p) for n, p in lora_weights(model).items())
+
+    dataset, weights, _ = sft.build_dataset(weighted, tokenizer, "direct", 512)
+    trainer = sft._weighted_trainer(weights, seed=0)(
+        model=model, args=SFTConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True), train_dataset=dataset,
+        processing_class=tokenizer)
+    draws, sampler = Counter(), trainer._get_train_sampler()
+    for _ in range(200):  # 200 epochs' worth: the generator moves on between passes
+        draws.update(i % 4 == 0 for i in sampler)
+    share_heavy = draws[True] / sum(draws.values())
+    assert share_heavy == pytest.approx(3 * 6 / (3 * 6 + 18), abs=0.03)  # 6 rows at weight 3, 18 at 1

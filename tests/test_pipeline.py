@@ -60,8 +60,28 @@ def test_whole_dag_at_tiny_scale(repo):
     assert manifest["init_from"] == "models/sft/strategyqa" and manifest["prompt"]["template"] == "cot"
     assert (root / "reports" / "compare.md").read_text().count("| strategyqa |") == 4
     stages = {r.data.tags["stage"] for r in runs(root)}
-    assert {"prepare_model", "data@strategyqa", "sft@strategyqa", "cot_distill@strategyqa", "compare"} <= stages
+    assert {"prepare_model", "data@strategyqa", "drafts@strategyqa", "teacher@strategyqa", "filter@strategyqa",
+            "candidates", "sft@strategyqa", "cot_distill@strategyqa", "compare"} <= stages
     assert repo["repro_s"] < 300
+
+
+def test_training_consumes_the_filtered_teacher_data(repo):
+    root = repo["root"]
+    filtered = json.loads((root / "metrics/filter/strategyqa.json").read_text())
+    assert filtered["teacher_agreement_rate"] == 1.0  # the oracle is exact
+    assert filtered["share_after.yes"] == filtered["share_after.no"] == 0.5  # upsampled by default
+    assert filtered["share_before.yes"] != 0.5 and filtered["n_out"] > filtered["kept"]
+    for method in ("sft", "cot_distill"):
+        trained = json.loads((root / f"metrics/train/{method}/strategyqa.json").read_text())
+        assert trained["n_examples"] + trained["n_dropped_too_long"] == filtered["n_out"]
+    rows = [json.loads(line) for line in (root / "data/filtered/strategyqa/train.jsonl").read_text().splitlines()]
+    assert all(r["metadata"]["teacher_answer"] == r["answer"] and r["reasoning"] for r in rows)
+    teacher = json.loads((root / "metrics/teacher/strategyqa.json").read_text())
+    assert teacher["usage.answered"] + teacher["usage.failed"] == teacher["usage.requests"] > 0
+    shown = sh(root, "dvc", "metrics", "show")
+    assert "share_after.yes" in shown and "usage.requests" in shown and "teacher_agreement_rate" in shown
+    candidates = json.loads((root / "metrics/candidates.json").read_text())  # gsm8k, though tasks lists strategyqa
+    assert candidates["train.kept"] > 0 and candidates["test.kept"] > 0
 
 
 def test_repro_after_a_finished_run_does_nothing(repo):

@@ -24,7 +24,9 @@ from cotlab.data.schema import Example
 from cotlab.evaluation.extract import extract_answer, is_correct
 from cotlab.prompts import display_answer
 
-_HEADER = r"(?:^|\n)[ \t]*[#*_ ]*{name}[*_ ]*:?[*_ ]*"
+# One character class before the name: two adjacent classes that both match spaces backtrack quadratically on a
+# reply that degenerates into whitespace.
+_HEADER = r"(?:^|\n)[ \t#*_]*{name}[*_ ]*:?[*_ ]*"
 
 
 def _section(text: str, name: str, following: list[str]) -> str | None:
@@ -55,7 +57,7 @@ _DRAFT_ANSWER = re.compile(r"answer\s*:\s*(?P<value>[^\n]*?)(?:\s+[-–—]\s+(?
 def parse_draft(text: str, answer_type: str) -> Draft:
     text = text if isinstance(text, str) else ""
     match = _DRAFT_ANSWER.search(text)
-    questions_part = _section(text, "Questions", [])
+    questions_part = _section(text, "Questions", ["Answer"])
     questions = [q.strip(" -*\n") + "?" for q in (questions_part or "").split("?") if q.strip(" -*\n")]
     if not match:
         return Draft(ok=False, questions=questions, problem="no_answer_line")
@@ -87,7 +89,8 @@ def parse_teacher(text: str, answer_type: str) -> TeacherOutput:
     final = _section(text, _SECTIONS[2], [])
     if final is None:
         return TeacherOutput(ok=False, analysis=analysis, reasoning=reasoning, problem="no_final_assessment")
-    match = _FINAL.search(final)
+    matches = list(_FINAL.finditer(final))  # "the draft said the answer is Yes; however, the answer is: **No**"
+    match = matches[-1] if matches else None
     answer = extract_answer(f"The answer is: {match['value']}", answer_type, strict=True) if match else None
     if answer is None:
         return TeacherOutput(ok=False, analysis=analysis, reasoning=reasoning, problem="no_final_answer")
@@ -103,17 +106,18 @@ def render_teacher(analysis: str, steps: list[str], answer: str) -> str:
 
 
 def reasoning_steps(reasoning: str) -> list[str]:
-    """A dataset's worked solution as steps: one per line (GSM8K, sub-questions) or per sentence (facts)."""
-    steps = []
+    """A dataset's worked solution as steps: one per line (GSM8K), per sentence (StrategyQA facts). StrategyQA's
+    sub-questions come first, so their "#1"-style references point at the right step."""
+    steps, facts = [], []
     for line in reasoning.splitlines():
         line = re.sub(r"^\s*(?:\d+[.)]|[-*])\s*", "", line).strip()
         if not line:
             continue
         if line.lower().startswith("facts:"):
-            steps.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+", line[6:].strip()) if s.strip())
+            facts.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+", line[6:].strip()) if s.strip())
         elif not line.lower().startswith("sub-questions:"):
             steps.append(line)
-    return steps
+    return steps + facts
 
 
 def oracle_analysis(example: Example, draft: Draft | None) -> str:
