@@ -165,6 +165,15 @@ def test_local_backend_generates_batched_and_caches(tmp_path, tiny_base):
     assert responses[0].text == responses[3].text and usage.prompt_tokens > 0
     again, usage2 = Teacher(cfg, cache_dir=cache).run(requests)
     assert usage2.cache_hits == 3 and usage2.sent == 0 and [r.text for r in again] == [r.text for r in responses]
+    # New weights at the same path: a different model, so nothing comes from the cache.
+    _talking_tiny_model(tiny_base, model)
+    import safetensors.torch
+
+    weights = safetensors.torch.load_file(model / "model.safetensors")
+    weights["lm_head.weight"] = -weights["lm_head.weight"]
+    safetensors.torch.save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    _, usage3 = Teacher(cfg, cache_dir=cache).run(requests)
+    assert usage3.cache_hits == 0 and usage3.sent == 3
 
 
 # ---------------------------------------------------------------- the stage as a process

@@ -135,6 +135,7 @@ class Teacher:
         self.cache = ResponseCache(cache_dir or default_cache_dir())
         self.oracle = oracle
         self._local = None
+        self._local_identity: str | None = None
         if config.backend == "openai":
             self._api_key()  # fail before any work, not after the first request
         if config.backend == "local" and config.temperature > 0:
@@ -142,7 +143,20 @@ class Teacher:
 
     @property
     def model_name(self) -> str:
-        return "oracle" if self.config.backend == "oracle" else self.config.model
+        """The model as the cache key sees it. A local folder is named with a hash of its weights too, so that
+        retraining it (same path, new weights) never serves the old model's answers."""
+        if self.config.backend == "oracle":
+            return "oracle"
+        if self.config.backend == "local" and Path(self.config.model).is_dir():
+            if self._local_identity is None:
+                from cotlab.models import fingerprint
+
+                folder = Path(self.config.model)
+                base = json.loads((folder / "manifest.json").read_text()).get("base_model", {}).get(
+                    "fingerprint", "") if (folder / "manifest.json").is_file() else ""
+                self._local_identity = f"{self.config.model}#{fingerprint(folder)[:16]}{base[:16]}"
+            return self._local_identity
+        return self.config.model
 
     def key(self, request: Request) -> str:
         c = self.config
