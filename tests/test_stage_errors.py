@@ -28,7 +28,7 @@ def test_unknown_param_names_the_key(tmp_path):
 
 def test_malformed_jsonl_row_names_the_file_and_row(tmp_path):
     params_with(tmp_path)
-    task = tmp_path / "data" / "tasks" / "strategyqa"
+    task = tmp_path / "data" / "filtered" / "strategyqa"  # what training reads
     task.mkdir(parents=True)
     good = {"id": "a", "question": "Is it?", "answer": "yes", "answer_type": "yes_no"}
     (task / "train.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n{not json\n")
@@ -41,12 +41,25 @@ def test_malformed_jsonl_row_names_the_file_and_row(tmp_path):
 def test_missing_data_file_and_missing_model(tmp_path):
     params_with(tmp_path)
     result = run_stage(tmp_path, "train.py", "sft", "strategyqa")
-    assert result.returncode == 2 and "data file not found: data/tasks/strategyqa/train.jsonl" in result.stderr
+    assert result.returncode == 2 and "data file not found: data/filtered/strategyqa/train.jsonl" in result.stderr
     task = tmp_path / "data" / "tasks" / "strategyqa"
     task.mkdir(parents=True)
     shutil.copy(ROOT / "tests" / "data" / "tiny.jsonl", task / "test.jsonl")
     result = run_stage(tmp_path, "evaluate.py", "sft", "strategyqa")
     assert result.returncode == 2 and "models/sft/strategyqa: no manifest.json" in result.stderr
+
+
+def test_filter_names_a_malformed_teacher_row_and_writes_nothing(tmp_path):
+    params_with(tmp_path)
+    good = {"id": "a", "question": "Is it?", "answer": "yes", "answer_type": "yes_no"}
+    for folder, text in [("tasks", json.dumps(good)), ("drafts", json.dumps({"id": "a", "draft": ""})),
+                         ("teacher", json.dumps({"id": "a", "status": "ok", "text": ""}) + "\n{broken")]:
+        (tmp_path / "data" / folder / "strategyqa").mkdir(parents=True)
+        (tmp_path / "data" / folder / "strategyqa" / "train.jsonl").write_text(text + "\n")
+    result = run_stage(tmp_path, "filter.py", "strategyqa")
+    assert result.returncode == 2
+    assert "data/teacher/strategyqa/train.jsonl: row 2 is not valid JSON" in result.stderr
+    assert not (tmp_path / "data" / "filtered").exists() and not (tmp_path / "metrics").exists()
 
 
 def test_empty_split_is_an_error(tmp_path):
