@@ -1,0 +1,123 @@
+"""DPO (Phase C) from the Phase B adapter on TRL's DPOTrainer, with a beta schedule by epoch, calibrated and
+robust variants. TRL provides the data pipeline, the log-probs and the reference (the same model with its
+adapters disabled); only the loss is ours.
+
+With r = log pi_theta(y|x) - log pi_ref(y|x) for the chosen (w) and rejected (l) answers, and Delta = r_w - r_l:
+
+    none        l_i = -log sigmoid(beta * Delta_i)                                   (DPO)
+    batch_mean  l_i = -log sigmoid(beta * (Delta_i - mean_j Delta_j))                (mean detached: a centring)
+    cal_dpo     l_i = -log sigmoid(r_w - r_l) + (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2      (Cal-DPO)
+
+and over the batch:
+
+    none        L = mean_i l_i
+    drop_top    L = mean of l_i without the top `drop_fraction` of pairs by l_i (the likeliest mislabelled ones)
+    dr_dpo      L = -beta' * log mean_i exp(-l_i / beta')                            (Dr-DPO)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DPOPhase:
+    """What applies during `epochs` consecutive epochs of the schedule."""
+
+    epochs: int = 1
+    beta: float = 0.1
+    calibration: str = "none"  # none | batch_mean | cal_dpo
+    robust: str = "none"  # none | drop_top | dr_dpo
+
+
+# The source recipe: epoch 1 plain DPO at beta 0.05; epochs 2-3 beta 0.1 calibrated; epoch 4 adds the robust filter.
+DEFAULT_SCHEDULE = [DPOPhase(1, 0.05, "none", "none"), DPOPhase(2, 0.1, "batch_mean", "none"),
+                    DPOPhase(1, 0.1, "batch_mean", "drop_top")]
+
+
+def phase_at(schedule: list[DPOPhase], epoch: float) -> DPOPhase:
+    """The phase of 0-based epoch floor(epoch); past the end of the schedule its last phase continues."""
+    index = int(math.floor(epoch + 1e-9))
+    for phase in schedule:
+        if index < phase.epochs:
+            return phase
+        index -= phase.epochs
+    return schedule[-1]
+
+
+def pair_losses(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
+                calibration: str) -> torch.Tensor:
+    delta = chosen_logratios - rejected_logratios
+    match calibration:
+        case "none":
+            return -F.logsigmoid(beta * delta)
+        case "batch_mean":
+            return -F.logsigmoid(beta * (delta - delta.mean().detach()))
+        case "cal_dpo":
+            target = 1 / (2 * beta)
+            return (-F.logsigmoid(delta) + (chosen_logratios - target) ** 2
+                    + (rejected_logratios + target) ** 2)
+    raise ValueError(f"dpo calibration {calibration!r} is not one of none, batch_mean, cal_dpo")
+
+
+def aggregate(losses: torch.Tensor, robust: str, drop_fraction: float = 0.15,
+              dr_beta: float = 1.0) -> tuple[torch.Tensor, int]:
+    """(batch loss, number of pairs dropped)."""
+    match robust:
+        case "none":
+            return losses.mean(), 0
+        case "drop_top":
+            n_drop = min(int(drop_fraction * losses.numel()), losses.numel() - 1)
+            kept = torch.sort(losses).values[: losses.numel() - n_drop]
+            return kept.mean(), n_drop
+        case "dr_dpo":
+            n = torch.tensor(float(losses.numel()), dtype=losses.dtype, device=losses.device)
+            return -dr_beta * (torch.logsumexp(-losses / dr_beta, dim=0) - torch.log(n)), 0
+    raise ValueError(f"dpo robust {robust!r} is not one of none, drop_top, dr_dpo")
+
+
+def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_beta: float = 1.0):
+    """DPOTrainer whose loss follows `schedule` by epoch; beta, calibration and drops are logged each step."""
+    from accelerate.utils import is_peft_model
+    from trl import DPOTrainer
+    from trl.trainer.utils import use_adapter
+
+    class ScheduledDPOTrainer(DPOTrainer):
+        def _sequence_logps(self, model, inputs):
+            model_kwargs = {k: v for k, v in inputs.items()
+                            if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}}
+            completion_mask = inputs["completion_mask"]
+            labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+            outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+            seq_len = completion_mask.size(1) - 1
+            return outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)  # batch is [chosen, rejected]
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            mode = "train" if self.model.training else "eval"
+            phase = phase_at(schedule, self.state.epoch or 0.0)
+            chosen_logps, rejected_logps = self._sequence_logps(model, inputs)
+            if self.precompute_ref_logps:
+                ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+            else:
+                with torch.no_grad():
+                    if is_peft_model(self.model) and self.ref_model is None:
+                        unwrapped = self.accelerator.unwrap_model(self.model)
+                        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                            ref_chosen, ref_rejected = self._sequence_logps(self.model, inputs)
+                    else:
+                        ref_chosen, ref_rejected = self._sequence_logps(self.ref_model, inputs)
+            chosen_logratios, rejected_logratios = chosen_logps - ref_chosen, rejected_logps - ref_rejected
+            losses = pair_losses(chosen_logratios, rejected_logratios, phase.beta, phase.calibration)
+            loss, n_dropped = aggregate(losses, phase.robust, drop_fraction, dr_beta)
+            margins = (phase.beta * (chosen_logratios - rejected_logratios)).detach()
+            self._metrics[mode]["beta"].append(phase.beta)
+            self._metrics[mode]["pairs_dropped"].append(float(n_dropped))
+            self._metrics[mode]["rewards/margins"].append(margins.mean().item())
+            self._metrics[mode]["rewards/accuracies"].append((margins > 0).float().mean().item())
+            return (loss, None) if return_outputs else loss
+
+    return ScheduledDPOTrainer

@@ -1,0 +1,97 @@
+"""DPO (Phase C): each calibration and robust variant equals a direct computation on hand-made log-ratios; the
+beta schedule is applied per epoch (read back from the trainer's logs); training changes the LoRA weights."""
+import math
+
+import pytest
+import torch
+
+from conftest import LORA
+from cotlab.methods.dpo import DEFAULT_SCHEDULE, DPOPhase, aggregate, pair_losses, phase_at, scheduled_trainer
+
+R_W = [0.3, -1.2, 2.0, 0.1]  # chosen log-ratios  log pi(y_w|x) - log pi_ref(y_w|x)
+R_L = [-0.5, 0.4, 1.0, 0.1]  # rejected log-ratios
+
+
+def log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x))
+
+
+def tensors():
+    return torch.tensor(R_W, dtype=torch.float64), torch.tensor(R_L, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("beta", [0.05, 0.1, 0.5])
+def test_pair_losses_match_the_papers(beta):
+    deltas = [w - l for w, l in zip(R_W, R_L)]
+    mean = sum(deltas) / len(deltas)
+    expected = {
+        "none": [-log_sigmoid(beta * d) for d in deltas],
+        "batch_mean": [-log_sigmoid(beta * (d - mean)) for d in deltas],
+        "cal_dpo": [-log_sigmoid(w - l) + (w - 1 / (2 * beta)) ** 2 + (l + 1 / (2 * beta)) ** 2
+                    for w, l in zip(R_W, R_L)],
+    }
+    for calibration, values in expected.items():
+        got = pair_losses(*tensors(), beta, calibration)
+        assert got.tolist() == pytest.approx(values, rel=1e-12), calibration
+
+
+def test_robust_aggregates_match_direct_computation():
+    losses = torch.tensor([0.2, 1.5, 0.7, 3.0, 0.1, 0.9, 0.4], dtype=torch.float64, requires_grad=True)
+    values = losses.tolist()
+    assert aggregate(losses, "none")[0].item() == pytest.approx(sum(values) / 7)
+    loss, dropped = aggregate(losses, "drop_top", drop_fraction=0.3)  # int(0.3 * 7) = 2 pairs
+    assert dropped == 2 and loss.item() == pytest.approx((0.2 + 0.7 + 0.1 + 0.9 + 0.4) / 5)
+    loss.backward()
+    assert [g != 0 for g in losses.grad.tolist()] == [True, False, True, False, True, True, True]  # 1.5 and 3.0 out
+    for dr_beta in (0.5, 1.0, 4.0):
+        expected = -dr_beta * math.log(sum(math.exp(-v / dr_beta) for v in values) / 7)
+        assert aggregate(losses, "dr_dpo", dr_beta=dr_beta)[0].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_unknown_variants_are_named():
+    with pytest.raises(ValueError, match="calibration 'cal'"):
+        pair_losses(*tensors(), 0.1, "cal")
+    with pytest.raises(ValueError, match="robust 'drop'"):
+        aggregate(torch.ones(3), "drop")
+
+
+def test_schedule_by_epoch():
+    betas = [phase_at(DEFAULT_SCHEDULE, e) for e in (0.0, 0.99, 1.0, 2.5, 3.0, 3.9, 7.0)]
+    assert [p.beta for p in betas] == [0.05, 0.05, 0.1, 0.1, 0.1, 0.1, 0.1]
+    assert [p.calibration for p in betas] == ["none", "none", "batch_mean", "batch_mean", "batch_mean",
+                                              "batch_mean", "batch_mean"]
+    assert [p.robust for p in betas] == ["none"] * 4 + ["drop_top"] * 3
+
+
+@pytest.mark.parametrize("calibration,robust", [("none", "none"), ("batch_mean", "drop_top"),
+                                                ("cal_dpo", "dr_dpo")])
+def test_training_follows_the_schedule_and_changes_lora(tiny_base, examples, calibration, robust, tmp_path):
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from cotlab.models import load_for_training
+    from cotlab.prompts import render_prompt
+
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    rows = [{"prompt": render_prompt(tokenizer, ex, "direct"),
+             "chosen": f"The answer is: {ex.answer.capitalize()}{tokenizer.eos_token}",
+             "rejected": f"The answer is: {'No' if ex.answer == 'yes' else 'Yes'}{tokenizer.eos_token}"}
+            for ex in examples["train"][:16]]
+    schedule = [DPOPhase(1, 0.05, "none", "none"), DPOPhase(1, 0.2, calibration, robust)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    args = DPOConfig(output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=5e-3,
+                     logging_steps=1, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+                     gradient_checkpointing=False)
+    trainer = scheduled_trainer(schedule)(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                          processing_class=tokenizer)
+    trainer.train()
+    logs = [r for r in trainer.state.log_history if "beta" in r]
+    assert [r["beta"] for r in logs] == [0.05, 0.05, 0.2, 0.2]  # 2 steps per epoch
+    assert all(math.isfinite(r["loss"]) for r in logs)
+    assert [r["pairs_dropped"] for r in logs] == [0, 0, *([1, 1] if robust == "drop_top" else [0, 0])]
+    after = dict(model.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before)  # every trained LoRA matrix moved
+    # TRL keeps the starting adapter as a frozen "ref" copy: the reference never moves.
+    ref = {n: p for n, p in after.items() if ".ref." in n}
+    assert ref and all(not p.requires_grad for p in ref.values())
+    assert all(torch.equal(p, before[n.replace(".ref.", ".default.")]) for n, p in ref.items())
