@@ -95,3 +95,25 @@ def test_training_follows_the_schedule_and_changes_lora(tiny_base, examples, cal
     ref = {n: p for n, p in after.items() if ".ref." in n}
     assert ref and all(not p.requires_grad for p in ref.values())
     assert all(torch.equal(p, before[n.replace(".ref.", ".default.")]) for n, p in ref.items())
+
+
+def test_dpo_train_on_pairs_from_filtered_examples(tiny_base, examples):
+    from dataclasses import replace
+
+    from cotlab.data.pairs import build_pairs
+    from cotlab.methods.dpo import DPORunConfig, train
+    from cotlab.models import load_for_training
+
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    drafts = ["Answer: Yes - it is.", "Answer: No - it is not.", "hmm, unsure"]
+    filtered = [replace(ex, metadata={**ex.metadata, "draft": drafts[i % 3]}) for i, ex in enumerate(examples["train"][:12])]
+    pairs, metrics = build_pairs(filtered, tokenizer, seed=0)
+    assert metrics["n_pairs"] == 12 and metrics["made.draft_wrong"] + metrics["made.flipped"] == 12
+    wrong_drafts = [p for p in pairs if p["made"] == "draft_wrong"]
+    assert wrong_drafts and all(p["rejected"].startswith("Answer: ") for p in wrong_drafts)
+    assert all("Student draft: " in p["prompt"] and p["chosen"] != p["rejected"] for p in pairs)
+    config = DPORunConfig(schedule=[DPOPhase(1, 0.1, "none", "none"), DPOPhase(1, 0.1, "cal_dpo", "dr_dpo")],
+                          lr=5e-3, batch_size=6)
+    model, metrics, curve = train(model, tokenizer, pairs, config)
+    assert metrics["train_steps"] == 4 and math.isfinite(metrics["train_loss"])
+    assert [row["beta"] for row in curve] == [0.1] * 4 and [row["step"] for row in curve] == [1, 2, 3, 4]

@@ -80,6 +80,7 @@ def test_parsers_total_on_format_like_text(text, answer_type):
 def test_missing_format_names_the_problem(text):
     draft = parse_draft(text, "yes_no")
     assert not draft.ok and draft.answer is None and draft.problem == "no_answer_line"
+    assert parse_draft("I think it is yes, probably.", "yes_no").answer_flexible == "yes"
     teacher = parse_teacher(text, "yes_no")
     assert not teacher.ok and teacher.answer is None and teacher.problem == "no_final_assessment"
     candidates = parse_candidates(text)

@@ -48,6 +48,7 @@ class Draft:
     reason: str = ""
     questions: list[str] = field(default_factory=list)
     problem: str = ""
+    answer_flexible: str | None = None  # the answer even when the draft ignored the format (extraction fallbacks)
 
 
 _DRAFT_ANSWER = re.compile(r"answer\s*:\s*(?P<value>[^\n]*?)(?:\s+[-–—]\s+(?P<reason>[^\n]*))?\s*(?:\n|$)",
@@ -59,12 +60,15 @@ def parse_draft(text: str, answer_type: str) -> Draft:
     match = _DRAFT_ANSWER.search(text)
     questions_part = _section(text, "Questions", ["Answer"])
     questions = [q.strip(" -*\n") + "?" for q in (questions_part or "").split("?") if q.strip(" -*\n")]
+    flexible = extract_answer(text, answer_type)
     if not match:
-        return Draft(ok=False, questions=questions, problem="no_answer_line")
+        return Draft(ok=False, questions=questions, problem="no_answer_line", answer_flexible=flexible)
     answer = extract_answer(f"Answer: {match['value']}", answer_type, strict=True)
     if answer is None:
-        return Draft(ok=False, reason=(match["reason"] or "").strip(), questions=questions, problem="no_answer_value")
-    return Draft(ok=True, answer=answer, reason=(match["reason"] or "").strip(), questions=questions)
+        return Draft(ok=False, reason=(match["reason"] or "").strip(), questions=questions, problem="no_answer_value",
+                     answer_flexible=flexible)
+    return Draft(ok=True, answer=answer, reason=(match["reason"] or "").strip(), questions=questions,
+                 answer_flexible=answer)
 
 
 # ---------------------------------------------------------------- teacher

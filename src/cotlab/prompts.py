@@ -50,10 +50,16 @@ def question_block(example: Example) -> str:
     return "\n".join(parts)
 
 
-def user_message(example: Example, template: str) -> str:
+def user_message(example: Example, template: str, draft: str | None = None) -> str:
+    """The question block, the student's draft when given (Phase B/C prompts: question + "Student draft: "),
+    then the template's instruction."""
     if template not in _INSTRUCTION:
         raise ValueError(f"unknown prompt template {template!r}; expected one of {sorted(_INSTRUCTION)}")
-    return question_block(example) + "\n" + _INSTRUCTION[template].format(hint=_ANSWER_HINT[example.answer_type])
+    parts = [question_block(example)]
+    if draft is not None:
+        parts.append(f"Student draft: {' '.join(draft.split()) or '(empty)'}")
+    parts.append(_INSTRUCTION[template].format(hint=_ANSWER_HINT[example.answer_type]))
+    return "\n".join(parts)
 
 
 def target(example: Example, template: str) -> str:
@@ -77,20 +83,21 @@ def end_of_turn(tokenizer) -> str:
     return tokenizer.eos_token or ""
 
 
-def render_prompt(tokenizer, example: Example, template: str, shots: Sequence[Example] = ()) -> str:
+def render_prompt(tokenizer, example: Example, template: str, shots: Sequence[Example] = (),
+                  draft: str | None = None) -> str:
     """The text a model sees before its answer; few-shot exemplars are earlier chat turns."""
     messages: list[dict[str, str]] = []
     for shot in shots:
         messages.append({"role": "user", "content": user_message(shot, template)})
         messages.append({"role": "assistant", "content": target(shot, template)})
-    messages.append({"role": "user", "content": user_message(example, template)})
+    messages.append({"role": "user", "content": user_message(example, template, draft)})
     return render_messages(tokenizer, messages)
 
 
-def render_training(tokenizer, example: Example, template: str) -> dict[str, str]:
+def render_training(tokenizer, example: Example, template: str, draft: str | None = None) -> dict[str, str]:
     """Prompt-completion pair for TRL: loss is taken on the completion only."""
     return {
-        "prompt": render_prompt(tokenizer, example, template),
+        "prompt": render_prompt(tokenizer, example, template, draft=draft),
         "completion": target(example, template) + end_of_turn(tokenizer),
     }
 

@@ -121,3 +121,62 @@ def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_
             return (loss, None) if return_outputs else loss
 
     return ScheduledDPOTrainer
+
+
+@dataclass
+class DPORunConfig:
+    schedule: list[DPOPhase]
+    lr: float = 5e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    logging_steps: int = 1
+    drop_fraction: float = 0.15
+    dr_beta: float = 1.0
+    precompute_ref: bool = False  # one reference pass over the data up front instead of one per step
+    seed: int = 0
+    report_to: list[str] | None = None
+
+    @property
+    def epochs(self) -> int:
+        return sum(phase.epochs for phase in self.schedule)
+
+
+def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
+    """DPO on `pairs` (prompt/chosen/rejected text) for the schedule's epochs. Returns (model, metrics, curve)."""
+    import tempfile
+
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from cotlab.methods.sft import LossCurve, TrainingDivergedError, _on_cuda
+
+    dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in pairs])
+    guard = LossCurve()
+    with tempfile.TemporaryDirectory(prefix="cotlab-dpo-") as scratch:
+        args = DPOConfig(
+            output_dir=scratch, num_train_epochs=config.epochs, learning_rate=config.lr,
+            per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+            warmup_steps=config.warmup_ratio, max_grad_norm=config.max_grad_norm, max_length=config.max_length,
+            lr_scheduler_type="constant_with_warmup",  # the schedule's beta changes; the step size should not
+            logging_steps=config.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
+            precompute_ref_log_probs=config.precompute_ref, save_strategy="no", report_to=config.report_to or [],
+            seed=config.seed, data_seed=config.seed, gradient_checkpointing=False, disable_tqdm=True,
+            use_cpu=not _on_cuda(model), dataloader_num_workers=0,
+        )
+        trainer_class = scheduled_trainer(config.schedule, config.drop_fraction, config.dr_beta)
+        trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                callbacks=[guard])
+        result = trainer.train()
+    curve = [{"step": r["step"], "epoch": round(r["epoch"], 4), "loss": r["loss"], "beta": r["beta"],
+              "reward_margin": r.get("rewards/margins"), "reward_accuracy": r.get("rewards/accuracies"),
+              "pairs_dropped": r.get("pairs_dropped")}
+             for r in trainer.state.log_history if "loss" in r and "beta" in r]
+    metrics = {"n_pairs": len(pairs), "train_loss": float(result.training_loss), "train_steps": int(result.global_step),
+               "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
+               "final_reward_accuracy": curve[-1]["reward_accuracy"] if curve else float("nan")}
+    if not math.isfinite(metrics["train_loss"]):
+        raise TrainingDivergedError(f"DPO loss is {metrics['train_loss']}; no checkpoint was written")
+    return model, metrics, curve

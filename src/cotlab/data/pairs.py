@@ -1,0 +1,59 @@
+"""Preference pairs for DPO (Phase C): prompt = question + "Student draft: " + draft; chosen = the teacher's
+reasoning and final answer; rejected = the student's draft when its answer is wrong, else the teacher's reasoning
+with a flipped final answer. Every pair records how its rejected side was made."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any, Sequence
+
+from cotlab.data.schema import DataError, Example
+from cotlab.data.sources import LETTERS
+from cotlab.evaluation.extract import is_correct
+from cotlab.formats import parse_draft
+from cotlab.prompts import display_answer, end_of_turn, render_prompt, target
+
+
+def flipped_answer(example: Example, rng: random.Random) -> str:
+    """A wrong answer of the same type, as the model would write it."""
+    match example.answer_type:
+        case "yes_no":
+            return "No" if example.answer == "yes" else "Yes"
+        case "choice":
+            letters = [c for c in LETTERS[: max(len(example.choices), 2)] if c != example.answer]
+            return rng.choice(letters)
+        case "number":
+            value = float(example.answer)
+            wrong = value + rng.choice([-2, -1, 1, 2, 10]) if value.is_integer() else value * 2
+            return str(int(wrong)) if float(wrong).is_integer() else str(wrong)
+    raise DataError(f"example {example.id!r}: cannot flip a {example.answer_type!r} answer; give the pairs stage "
+                    "drafts with wrong answers instead")
+
+
+def build_pairs(examples: Sequence[Example], tokenizer, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows for TRL's DPOTrainer (prompt, chosen, rejected as text) from filtered examples that carry their
+    student draft in metadata["draft"]; metrics: how pairs were made and the class balance of chosen answers."""
+    rng = random.Random(f"{seed}-pairs")
+    eos = end_of_turn(tokenizer)
+    rows, made, chosen_classes = [], Counter(), Counter()
+    for ex in examples:
+        draft_text = str(ex.metadata.get("draft", ""))
+        draft = parse_draft(draft_text, ex.answer_type)
+        draft_answer = draft.answer if draft.ok else draft.answer_flexible
+        chosen = target(ex, "cot")
+        if draft_answer is not None and not is_correct(draft_answer, ex.answer, ex.answer_type):
+            rejected, how = " ".join(draft_text.split()), "draft_wrong"
+        else:
+            wrong = flipped_answer(ex, rng)
+            rejected, how = chosen.replace(f"The answer is: {display_answer(ex)}", f"The answer is: {wrong}"), "flipped"
+        made[how] += 1
+        chosen_classes[ex.answer] += 1
+        rows.append({"id": ex.id, "prompt": render_prompt(tokenizer, ex, "cot", draft=draft_text),
+                     "chosen": chosen + eos, "rejected": rejected + eos, "made": how, "answer": ex.answer})
+    if not rows:
+        raise DataError("pairs: no filtered examples to build preference pairs from")
+    metrics = {"n_pairs": len(rows), **{f"made.{k}": v for k, v in sorted(made.items())}}
+    if examples[0].answer_type in ("yes_no", "choice"):
+        metrics.update({f"chosen_share.{c}": round(n / len(rows), 4) for c, n in sorted(chosen_classes.items())})
+    return rows, metrics
