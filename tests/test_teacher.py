@@ -205,14 +205,14 @@ def test_sigkill_mid_run_then_rerun_sends_only_the_unanswered(tmp_path):
         root, env = _stage_project(tmp_path, server, n=48, concurrency=concurrency)
         stage = [sys.executable, str(ROOT / "stages" / "teacher.py"), "strategyqa"]
         process = subprocess.Popen(stage, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cache = ResponseCache(tmp_path / "cache" / "teacher")
         deadline = time.time() + 120
-        while sum(server.answered.values()) < 12 and time.time() < deadline and process.poll() is None:
+        while len(cache) < 12 and time.time() < deadline and process.poll() is None:  # >= 12 answers stored
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert process.returncode == -signal.SIGKILL
         time.sleep(0.5)  # let the server finish what was in flight
-        cache = ResponseCache(tmp_path / "cache" / "teacher")
         cached_keys = {json.loads(p.read_text())["key"] for p in cache.root.glob("*/*.json")}
         attempted_before = len(server.attempts)
         assert 12 <= len(cached_keys) < 48

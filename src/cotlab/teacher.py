@@ -302,10 +302,10 @@ class Teacher:
         gate = asyncio.Semaphore(c.concurrency)
 
         async def one(key: str, request: Request) -> Response:
-            async with gate:
+            async with gate:  # stored before the slot frees: at most `concurrency` answers are ever unsaved
                 response = await self._openai_one(client, key, request)
-            if response.status == "ok":
-                self._store(key, response.text, response.prompt_tokens, response.completion_tokens)
+                if response.status == "ok":
+                    self._store(key, response.text, response.prompt_tokens, response.completion_tokens)
             return response
 
         async with client:
