@@ -7,7 +7,7 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 ANSWER_TYPES = ("number", "choice", "yes_no", "name", "text")
 
@@ -77,34 +77,33 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
     return examples
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any] | Example]) -> None:
-    """Write atomically: a crash never leaves a truncated file that looks complete."""
+def _write_atomically(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves a truncated file that
+    looks complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)  # mkstemp's 0600 would make outputs unreadable to other users of a shared cache
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                if isinstance(row, Example):
-                    row = row.to_dict()
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any] | Example]) -> None:
+    def write(f) -> None:
+        for row in rows:
+            f.write(json.dumps(row.to_dict() if isinstance(row, Example) else row, ensure_ascii=False) + "\n")
+
+    _write_atomically(path, write)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make outputs unreadable to other users of a shared cache
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(f) -> None:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+    _write_atomically(path, write)
