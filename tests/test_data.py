@@ -249,3 +249,19 @@ def test_empty_split_error(tmp_path):
 def test_config_errors(spec, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_task("bad", spec, 5, 5, 0)
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    from cotlab.data.schema import read_jsonl, write_jsonl
+
+    path = tmp_path / "rows.jsonl"
+    write_jsonl(path, [{"a": 1}, {"a": 2}])
+
+    def rows():
+        yield {"a": 3}
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(path, rows())
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
