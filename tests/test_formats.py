@@ -409,3 +409,18 @@ def test_last_final_answer_wins_and_questions_stop_at_the_answer_line():
     assert parse_teacher(reply, "yes_no").answer == "no"
     draft = parse_draft("Questions: Why?\nAnswer: No - x", "yes_no")
     assert draft.questions == ["Why?"] and draft.answer == "no"
+
+
+def test_make_candidates_keeps_usable_rows_and_names_an_empty_result(gsm8k, strategyqa):
+    from cotlab.config import TeacherConfig
+    from cotlab.data.candidates import make_candidates, oracle_candidates
+    from cotlab.data.schema import DataError
+    from cotlab.teacher import Teacher
+
+    teacher = Teacher(TeacherConfig(backend="oracle"), oracle=lambda r: oracle_candidates(r.example, r.context))
+    rows, metrics = make_candidates(gsm8k["train"][:20], teacher, 0, 0.7, "random", "here")
+    assert metrics["kept"] == len(rows) > 0 and metrics["n_in"] == 20
+    assert metrics["kept"] + metrics.get("dropped.teacher_failed:no_corruptible_step", 0) == 20
+    assert all(r["candidate_answers"][r["correct"]] == r["answer"] for r in rows)
+    with pytest.raises(DataError, match="here: no usable candidates"):
+        make_candidates(strategyqa["train"][:5], teacher, 0, 0.7, "random", "here")  # no calculator steps

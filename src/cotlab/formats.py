@@ -71,6 +71,26 @@ def parse_draft(text: str, answer_type: str) -> Draft:
                  answer_flexible=answer)
 
 
+def draft_records(examples, generations) -> tuple[list[dict], dict]:
+    """The drafts stage's rows (raw draft, parsed answer and questions) and how well the student kept the format."""
+    rows, parsed, correct, answered, correct_flexible = [], 0, 0, 0, 0
+    for ex, gen in zip(examples, generations):
+        draft = parse_draft(gen.text, ex.answer_type)
+        parsed += draft.ok
+        correct += draft.ok and is_correct(draft.answer, ex.answer, ex.answer_type)
+        answered += draft.answer_flexible is not None
+        correct_flexible += is_correct(draft.answer_flexible, ex.answer, ex.answer_type)
+        rows.append({"id": ex.id, "draft": gen.text, "answer": draft.answer, "parsed": draft.ok,
+                     "answer_flexible": draft.answer_flexible, "problem": draft.problem,
+                     "questions": draft.questions, "truncated": gen.truncated})
+    n = max(len(rows), 1)
+    metrics = {"n": len(rows), "parse_rate": round(parsed / n, 4), "unparseable": len(rows) - parsed,
+               "accuracy": round(correct / n, 4), "answer_rate_flexible": round(answered / n, 4),
+               "accuracy_flexible": round(correct_flexible / n, 4),
+               "truncation_rate": round(sum(g.truncated for g in generations) / n, 4)}
+    return rows, metrics
+
+
 # ---------------------------------------------------------------- teacher
 
 @dataclass

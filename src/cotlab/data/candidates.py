@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from cotlab.data.schema import Example
+from collections import Counter
+
+from cotlab.data.schema import DataError, Example
 from cotlab.data.sources import normalize_number
-from cotlab.formats import render_candidates
+from cotlab.evaluation.extract import is_correct
+from cotlab.formats import Candidates, parse_candidates, render_candidates
 
 _CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 _NUMBER = re.compile(r"(?<![\d.])\d+(?:,\d{3})*(?:\.\d+)?")
@@ -165,3 +168,47 @@ def oracle_candidates(example: Example, context: dict[str, Any]) -> str:
                 f"Candidate {other} carries a slip through to its final answer. "
                 f"Therefore, Candidate {argued} is correct.")
     return render_candidates(texts, argument)
+
+
+def _unusable(ex: Example, parsed: Candidates, correct: str, argued: str) -> str | None:
+    """Why a teacher's candidates cannot be used, or None."""
+    wrong = "B" if correct == "A" else "A"
+    if not parsed.ok:
+        return parsed.problem
+    if not is_correct(parsed.answers[correct], ex.answer, ex.answer_type):
+        return "correct_candidate_is_wrong"
+    if is_correct(parsed.answers[wrong], ex.answer, ex.answer_type):
+        return "incorrect_candidate_is_right"
+    return None if parsed.argued == argued else "argument_picks_other"
+
+
+def make_candidates(examples: list[Example], teacher, seed: int, argument_correct_rate: float, corrupt_step: str,
+                    where: str) -> tuple[list[dict], dict[str, Any]]:
+    """Ask the teacher for each example's candidates; keep the usable ones. Returns (rows, metrics)."""
+    from cotlab.prompts import candidates_messages
+    from cotlab.teacher import Request
+
+    labels = [assign_labels(ex.id, seed, argument_correct_rate) for ex in examples]
+    requests = [Request(ex.id, candidates_messages(ex, c, a), "candidates", ex,
+                        {"correct": c, "argued": a, "corrupt_step": corrupt_step, "seed": seed})
+                for ex, (c, a) in zip(examples, labels)]
+    responses, usage = teacher.run(requests)
+    rows, dropped = [], Counter()
+    for ex, (correct, argued), response in zip(examples, labels, responses):
+        if response.status != "ok":
+            dropped[f"teacher_{response.status}:{response.reason}"] += 1
+            continue
+        parsed = parse_candidates(response.text, ex.answer_type)
+        problem = _unusable(ex, parsed, correct, argued)
+        if problem:
+            dropped[problem] += 1
+            continue
+        rows.append({"id": ex.id, "question": ex.question, "answer": ex.answer, "candidates": parsed.texts,
+                     "candidate_answers": parsed.answers, "correct": correct, "argument": parsed.argument,
+                     "argued": argued, "argument_correct": argued == correct})
+    if not rows:
+        raise DataError(f"{where}: no usable candidates ({dict(dropped)})")
+    metrics = {"n_in": len(examples), "kept": len(rows),
+               "argument_correct_rate": round(sum(r["argument_correct"] for r in rows) / len(rows), 4),
+               **{f"dropped.{k}": v for k, v in sorted(dropped.items())}, **usage.metrics()}
+    return rows, metrics
