@@ -25,6 +25,12 @@ def default_reply(messages: list[dict]) -> str:
             f"2. Work it out ({prompt_key(messages)}).\nFinal Assessment: the answer is: **Yes**")
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops SYNs when more clients connect at once; the kernel resends them after
+    # 1 s, which a client with a 1 s timeout sees as a connect timeout that never reached the server.
+    request_queue_size = 256
+
+
 class FakeOpenAI:
     def __init__(self, latency_s: float = 0.0, faults: dict[str, list[str]] | None = None,
                  retry_after: str = "1.5", slow_s: float = 3.0, reply: Callable[[list[dict]], str] = default_reply):
@@ -120,7 +126,7 @@ class FakeOpenAI:
                 with owner.lock:
                     owner.answered[key] += 1
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
