@@ -12,7 +12,7 @@ def main(params):
     cfg = params.compare
     with tracking.stage_run("compare", mlflow_params(params)):
         result = compare(load_predictions("eval", params.tasks), cfg.reference, cfg.bootstrap_resamples, cfg.confidence,
-                         params.seed)
+                         params.seed, cfg.ablations)
         write_json("metrics/compare.json", result)
         Path("reports").mkdir(exist_ok=True)
         report = markdown(result, cfg.reference)

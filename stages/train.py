@@ -16,7 +16,7 @@ def main(params, method, task):
     cfg = params.train_config(method)
     init_from = model_dir("sft", task) if method == "cot_distill" and cfg.init_from == "sft" else None
     run_config = sft.SFTRunConfig(
-        template=template_for(method), lr=params.learning_rate(method), epochs=params.epochs(method),
+        template=template_for(method), with_draft=cfg.with_draft, lr=params.learning_rate(method), epochs=params.epochs(method),
         batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, warmup_ratio=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, max_length=params.sizes.max_length,
         padding_free=cfg.padding_free, gradient_checkpointing=cfg.gradient_checkpointing,
@@ -29,7 +29,7 @@ def main(params, method, task):
         model, metrics, curve = TRAINERS[method](model, tokenizer, examples, run_config)
         save_adapter(model, tokenizer, model_dir(method, task), BASE_MODEL, method, run_config.template,
                      cfg.quantization, params={**asdict(run_config), "task": task},
-                     extra={"task": task, "init_from": init_from})
+                     extra={"task": task, "init_from": init_from}, with_draft=cfg.with_draft)
         sft.write_curve(curve, f"plots/train/{method}/{task}.csv")
         write_json(f"metrics/train/{method}/{task}.json", metrics)
         tracking.log_metrics(metrics)

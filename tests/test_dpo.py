@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import LORA
-from cotlab.methods.dpo import DEFAULT_SCHEDULE, DPOPhase, aggregate, pair_losses, phase_at, scheduled_trainer
+from cotlab.config import DEFAULT_DPO_SCHEDULE as DEFAULT_SCHEDULE
+from cotlab.methods.dpo import DPOPhase, aggregate, pair_losses, phase_at, scheduled_trainer
 
 R_W = [0.3, -1.2, 2.0, 0.1]  # chosen log-ratios  log pi(y_w|x) - log pi_ref(y_w|x)
 R_L = [-0.5, 0.4, 1.0, 0.1]  # rejected log-ratios

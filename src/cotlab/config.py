@@ -33,6 +33,8 @@ class ScaleConfig:
     max_new_tokens_direct: int
     max_new_tokens_cot: int
     eval_batch_size: int
+    n_pairs: int | None = None  # DPO pairs used (None = all): the schedule's epochs stay whole at every scale
+    n_attribution: int = 24  # test questions attributed before and after DPO
 
 
 @dataclass
@@ -65,6 +67,7 @@ class TrainConfig:
     quantization: Literal["none", "4bit"] = "none"
     lora: LoraParams = field(default_factory=LoraParams)
     init_from: Literal["base", "sft"] = "base"
+    with_draft: bool = False  # prompt = question + "Student draft: <draft>" (Phase B)
 
 
 @dataclass
@@ -76,6 +79,9 @@ class EvaluateConfig:
 @dataclass
 class CompareConfig:
     reference: str = "base_zeroshot"
+    # ablation -> the model it is paired against (same test questions)
+    ablations: dict[str, str] = field(default_factory=lambda: {
+        "dpo_no_draft": "dpo", "dpo_shuffled_draft": "dpo", "dpo_no_cot": "dpo"})
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
 
@@ -118,6 +124,58 @@ class CandidatesConfig:
 
 
 @dataclass
+class DPOPhase:
+    """What applies during `epochs` consecutive epochs of the DPO schedule."""
+
+    epochs: int = 1
+    beta: float = 0.1
+    calibration: Literal["none", "batch_mean", "cal_dpo"] = "none"
+    robust: Literal["none", "drop_top", "dr_dpo"] = "none"
+
+
+# The source recipe: epoch 1 plain DPO at beta 0.05; epochs 2-3 beta 0.1 calibrated; epoch 4 adds the robust filter.
+DEFAULT_DPO_SCHEDULE = (DPOPhase(1, 0.05), DPOPhase(2, 0.1, "batch_mean"), DPOPhase(1, 0.1, "batch_mean", "drop_top"))
+
+
+@dataclass
+class SelfGuidedRound:
+    start: str  # the model this round drafts with and continues: dpo, or an earlier round's name
+
+
+@dataclass
+class DPOParams:
+    tasks: list[str] = field(default_factory=lambda: ["strategyqa"])  # Phase C and its validations run on these
+    schedule: list[DPOPhase] = field(default_factory=lambda: list(DEFAULT_DPO_SCHEDULE))
+    reference: Literal["start", "base"] = "start"  # start: the Phase B policy (frozen adapter copy); base: adapters off
+    drop_fraction: float = 0.15
+    dr_beta: float = 1.0
+    precompute_ref: bool = False
+    lr: float = 5.0e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    rounds: dict[str, SelfGuidedRound] = field(default_factory=dict)
+
+
+@dataclass
+class AttributionConfig:
+    n_steps: int = 16  # integral approximation steps of integrated gradients
+    criterion: float = 0.2  # the write-up's bar: share of attribution on draft tokens after DPO
+
+
+@dataclass
+class JudgeConfig(TeacherConfig):
+    """The judge's backend (any teacher backend but the oracle) and what it compares."""
+
+    backend: Literal["oracle", "local", "openai"] = "local"
+    model: str = "models/base"
+    max_tokens: int = 16
+    challenger: str = "dpo"  # its clarifying questions against the base student's (the drafts stage)
+
+
+@dataclass
 class Params:
     lr: float
     seed: int
@@ -132,6 +190,9 @@ class Params:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    dpo: DPOParams = field(default_factory=DPOParams)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
@@ -182,6 +243,12 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "min_reasoning_words": (lambda v: v >= 0, ">= 0"),
     "max_reasoning_words": (lambda v: v >= 1, ">= 1"),
     "argument_correct_rate": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "drop_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "dr_beta": (lambda v: v > 0, "> 0"),
+    "beta": (lambda v: v > 0, "> 0"),
+    "n_pairs": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "n_attribution": (lambda v: v >= 1, ">= 1"),
+    "n_steps": (lambda v: v >= 2, ">= 2"),
 }
 
 
@@ -268,15 +335,27 @@ def parse_params(data: dict[str, Any]) -> Params:
     for name in params.tasks:
         if name not in params.task_specs:
             raise ConfigError(f"tasks: {name!r} has no entry under task_specs (defined: {sorted(params.task_specs)})")
-    env_name = params.teacher.api_key_env
-    if env_name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
-        # Never echo the value: it may be the key itself, pasted where its variable's name belongs.
-        raise ConfigError("teacher.api_key_env: must be the NAME of an environment variable (letters, digits, _), "
-                          "not a key; export the key in that variable instead")
+    for section in ("teacher", "judge"):
+        env_name = getattr(params, section).api_key_env
+        if env_name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
+            # Never echo the value: it may be the key itself, pasted where its variable's name belongs.
+            raise ConfigError(f"{section}.api_key_env: must be the NAME of an environment variable (letters, digits, "
+                              "_), not a key; export the key in that variable instead")
     if params.filter.min_reasoning_words > params.filter.max_reasoning_words:
         raise ConfigError("filter.min_reasoning_words: larger than filter.max_reasoning_words")
     if params.candidates.task not in params.task_specs:
         raise ConfigError(f"candidates.task: {params.candidates.task!r} has no entry under task_specs")
+    for name in params.dpo.tasks:
+        if name not in params.tasks:
+            raise ConfigError(f"dpo.tasks: {name!r} is not in tasks {params.tasks} (Phase C trains on its filtered data)")
+    for name, round_ in params.dpo.rounds.items():
+        if name in ("dpo", *params.tasks) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ConfigError(f"dpo.rounds.{name}: a round needs a new lower-case name (letters, digits, _)")
+        earlier = ["dpo", *list(params.dpo.rounds)[: list(params.dpo.rounds).index(name)]]
+        if round_.start not in earlier:
+            raise ConfigError(f"dpo.rounds.{name}.start: {round_.start!r} is not dpo or an earlier round ({earlier})")
+    if params.judge.backend == "oracle":
+        raise ConfigError("judge.backend: 'oracle' cannot judge; use local or openai")
     for name in ("tiny", "demo", "full"):
         if name not in params.scales:
             raise ConfigError(f"scales.{name}: required scale is missing")

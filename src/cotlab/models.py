@@ -243,7 +243,7 @@ def load_for_training(base_path: str | Path, device: str, quantization: str, lor
 
 
 def save_adapter(model, tokenizer, out_dir: str | Path, base_path: str | Path, method: str, template: str,
-                 quantization: str, params: dict, extra: dict | None = None) -> dict:
+                 quantization: str, params: dict, extra: dict | None = None, with_draft: bool = False) -> dict:
     """Adapter weights + tokenizer + manifest, written to a staging folder then moved into place."""
     out_dir = Path(out_dir)
     base_manifest = read_manifest(base_path)
@@ -262,7 +262,7 @@ def save_adapter(model, tokenizer, out_dir: str | Path, base_path: str | Path, m
         "tokenizer": "tokenizer.json",
         "adapter": {k: adapter_config.get(k) for k in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules")},
         "quantization": quantization,
-        "prompt": {"template": template, "version": PROMPT_VERSION},
+        "prompt": {"template": template, "version": PROMPT_VERSION, "with_draft": with_draft},
         "extra_modules": {},
         "params": params,
         "cotlab_version": __version__,

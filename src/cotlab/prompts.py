@@ -16,7 +16,7 @@ from cotlab.data.schema import Example
 PROMPT_VERSION = "1"
 
 # Which template each method trains on and is evaluated with.
-METHOD_TEMPLATES = {"base": "direct", "sft": "direct", "cot_distill": "cot"}
+METHOD_TEMPLATES = {"base": "direct", "sft": "direct", "cot_distill": "cot", "dpo": "cot"}
 
 _ANSWER_HINT = {
     "number": "a number",
@@ -146,5 +146,21 @@ def candidates_messages(example: Example, correct: str, argued: str) -> list[dic
             "candidate with 'The answer is: <number>'. Then write an Argument of two or three sentences that "
             f"Candidate {argued} is correct, ending with 'Therefore, Candidate {argued} is correct.'\n"
             "Format:\nCandidate A:\n<solution>\nCandidate B:\n<solution>\nArgument:\n<argument>"
+        )},
+    ]
+
+
+JUDGE_SYSTEM = "You are a strict judge of study questions. You reply with one letter."
+
+
+def judge_messages(example: Example, questions_a: str, questions_b: str) -> list[dict[str, str]]:
+    """Which of two students' clarifying questions would help more to answer the question correctly."""
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM},
+        {"role": "user", "content": (
+            f"{question_block(example)}\n\n"
+            "Before answering, two students wrote the questions they would ask a teacher.\n"
+            f"Student A: {questions_a}\nStudent B: {questions_b}\n\n"
+            "Whose questions are more focused and more useful for answering correctly? Reply with A or B only."
         )},
     ]

@@ -33,6 +33,10 @@ def filtered_dir(task: str) -> str:
     return f"data/filtered/{task}"
 
 
+def pairs_dir(task: str) -> str:
+    return f"data/pairs/{task}"
+
+
 def model_dir(method: str, task: str) -> str:
     return BASE_MODEL if method == "base" else f"models/{method}/{task}"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError
-from . import personal_relations
+from . import personal_relations, syllogism
 from .schema import ANSWER_TYPES, DataError, Example, read_jsonl
 
 BENCHMARKS = Path(__file__).parent / "benchmarks"
@@ -250,12 +250,16 @@ def rg_item(dataset: str, item: dict, ex_id: str) -> Example:
     answer = str(item["answer"]).strip()
     # syllogism says "Yes"/"No"; family_relationships gives lower-case relation words ("mother-in-law").
     answer = _number_answer(answer, ex_id) if RG_DATASETS[dataset] == "number" else answer.lower()
-    reasoning = ""
+    reasoning, metadata = "", {"source": f"reasoning_gym/{dataset}"}
     if dataset == "gsm_symbolic":
         # metadata['answer_cot'] is a GSM8K-style worked solution ending in a '#### N' line.
         reasoning = re.sub(r"<<[^>]*>>", "", meta.get("answer_cot", "").rpartition("####")[0]).strip()
+    if dataset == "syllogism":
+        # No solution ships with syllogisms; a model check of the premises writes one (and may dispute the label).
+        reasoning, follows = syllogism.reasoning([meta["premise1"], meta["premise2"]], meta["conclusion"])
+        metadata["label_disputed"] = follows != (answer == "yes")
     return Example(id=ex_id, question=item["question"].strip(), answer=answer, answer_type=RG_DATASETS[dataset],
-                   reasoning=reasoning, metadata={"source": f"reasoning_gym/{dataset}"})
+                   reasoning=reasoning, metadata=metadata)
 
 
 def _reasoning_gym(name, spec, sizes, seed):
@@ -271,11 +275,15 @@ def _reasoning_gym(name, spec, sizes, seed):
     for split in ("test", "train"):
         # Headroom for train rows dropped because they repeat a test question.
         size = sizes[split] + (sizes["test"] if split == "train" else 0)
+        size = size * 5 // 4 if dataset == "syllogism" else size  # headroom for disputed labels (~12%)
         try:
             items = reasoning_gym.create_dataset(dataset, size=max(size, 1), seed=_derived_seed(seed, split), **config)
         except (TypeError, ValueError, AssertionError) as e:
             raise _bad(name, "config", config, f"rejected by reasoning_gym ({e})") from None
-        out[split] = [rg_item(dataset, item, f"rg-{dataset}-{split}-{i}") for i, item in enumerate(items)]
+        rows = [rg_item(dataset, item, f"rg-{dataset}-{split}-{i}") for i, item in enumerate(items)]
+        # reasoning-gym labels some invalid syllogisms valid (e.g. "All A are B; some B are not C" => "some A are
+        # not C"); those rows would teach and score a logic error, so they are left out.
+        out[split] = [ex for ex in rows if not ex.metadata.get("label_disputed")]
     return out
 
 

@@ -28,34 +28,41 @@ def load_predictions(eval_dir: str | Path, tasks: list[str] | None = None) -> di
     return table
 
 
+def paired(task: str, model: str, preds: list[dict], against: str, ref: list[dict], n_resamples: int,
+           confidence: float, seed: int) -> dict:
+    """`model` minus `against` on the same questions: difference, paired bootstrap interval, McNemar p."""
+    ref_by_id = {p["id"]: p for p in ref}
+    shared = [p for p in preds if p["id"] in ref_by_id]
+    if len(shared) != len(preds) or len(shared) != len(ref):
+        raise DataError(f"task {task}: {model} and {against} were evaluated on different test sets "
+                        f"({len(preds)} vs {len(ref)} rows, {len(shared)} shared); re-run evaluation")
+    a = [bool(ref_by_id[p["id"]]["correct"]) for p in shared]
+    b = [bool(p["correct"]) for p in shared]
+    boot = paired_bootstrap_diff(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return {"diff": boot["diff"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"],
+            "mcnemar_p": mcnemar_exact(a, b)["p_value"]}
+
+
 def compare(table: dict[str, dict[str, list[dict]]], reference: str, n_resamples: int, confidence: float,
-            seed: int) -> dict:
+            seed: int, ablations: dict[str, str] | None = None) -> dict:
+    """Per task and model: accuracy with its interval, the paired difference against `reference`, and for an
+    ablation (a key of `ablations`) also against the model it ablates."""
     result: dict[str, dict] = {}
     for task, models in sorted(table.items()):
-        ref = models.get(reference)
-        ref_by_id = {p["id"]: p for p in ref} if ref else {}
         result[task] = {}
         for model, preds in sorted(models.items()):
             summary = summarize(preds)
             row = {k: summary[k] for k in ("n", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                                             "invalid_rate", "truncation_rate")}
-            if ref and model != reference:
-                shared = [p for p in preds if p["id"] in ref_by_id]
-                if len(shared) != len(preds) or len(shared) != len(ref):
-                    raise DataError(
-                        f"task {task}: {model} and {reference} were evaluated on different test sets "
-                        f"({len(preds)} vs {len(ref)} rows, {len(shared)} shared); re-run evaluation"
-                    )
-                a = [bool(ref_by_id[p["id"]]["correct"]) for p in shared]
-                b = [bool(p["correct"]) for p in shared]
-                boot = paired_bootstrap_diff(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
-                test = mcnemar_exact(a, b)
-                row.update({
-                    "diff_vs_ref": boot["diff"],
-                    "diff_ci_low": boot["ci_low"],
-                    "diff_ci_high": boot["ci_high"],
-                    "mcnemar_p": test["p_value"],
-                })
+            if reference in models and model != reference:
+                d = paired(task, model, preds, reference, models[reference], n_resamples, confidence, seed)
+                row.update({"diff_vs_ref": d["diff"], "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
+                            "mcnemar_p": d["mcnemar_p"]})
+            full = (ablations or {}).get(model)
+            if full in models:
+                d = paired(task, model, preds, full, models[full], n_resamples, confidence, seed)
+                row.update({"ablation_of": full, "diff_vs_full": d["diff"], "diff_vs_full_ci_low": d["ci_low"],
+                            "diff_vs_full_ci_high": d["ci_high"], "mcnemar_p_vs_full": d["mcnemar_p"]})
             result[task][model] = row
     return result
 
@@ -86,6 +93,19 @@ def markdown(result: dict, reference: str) -> str:
                 f"[{_fmt_pct(r['accuracy_ci_low'])}, {_fmt_pct(r['accuracy_ci_high'])}] | "
                 f"{_fmt_pct(r['invalid_rate'])} | {_fmt_pct(r['truncation_rate'])} | {diff} | {ci} | {p} |"
             )
+    ablation_rows = [(task, model, r) for task, models in result.items() for model, r in models.items()
+                     if "ablation_of" in r]
+    if ablation_rows:
+        lines += ["", "## Ablations", "",
+                  "Each ablation against the model it ablates, on the same questions.", "",
+                  "| task | ablation | of | accuracy % | of % | diff (pp) | diff 95% CI | McNemar p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for task, model, r in ablation_rows:
+            full = result[task][r["ablation_of"]]
+            lines.append(f"| {task} | {model} | {r['ablation_of']} | {_fmt_pct(r['accuracy'])} | "
+                         f"{_fmt_pct(full['accuracy'])} | {100 * r['diff_vs_full']:+.1f} | "
+                         f"[{100 * r['diff_vs_full_ci_low']:+.1f}, {100 * r['diff_vs_full_ci_high']:+.1f}] | "
+                         f"{r['mcnemar_p_vs_full']:.3g} |")
     return "\n".join(lines) + "\n"
 
 

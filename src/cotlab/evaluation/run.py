@@ -22,17 +22,22 @@ def pick_shots(train: Sequence[Example], k: int, seed: int) -> list[Example]:
 
 
 def evaluate(model, tokenizer, examples: Sequence[Example], template: str, max_new_tokens: int,
-             batch_size: int, shots: Sequence[Example] = ()) -> tuple[list[dict], dict]:
-    prompts = [render_prompt(tokenizer, ex, template, shots) for ex in examples]
+             batch_size: int, shots: Sequence[Example] = (), drafts: Sequence[str] | None = None,
+             prefill: str = "") -> tuple[list[dict], dict]:
+    """`drafts`: one student draft per example, shown in the prompt ("Student draft: ..."); `prefill`: text the
+    answer is forced to start with (e.g. "The answer is:" to answer without reasoning), scored as part of it."""
+    prompts = [render_prompt(tokenizer, ex, template, shots, draft=None if drafts is None else drafts[i]) + prefill
+               for i, ex in enumerate(examples)]
     generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     predictions = []
     for ex, prompt, gen in zip(examples, prompts, generations):
-        pred = extract_answer(gen.text, ex.answer_type)
-        pred_strict = extract_answer(gen.text, ex.answer_type, strict=True)
+        output = prefill + gen.text
+        pred = extract_answer(output, ex.answer_type)
+        pred_strict = extract_answer(output, ex.answer_type, strict=True)
         predictions.append({
             "id": ex.id,
             "prompt": prompt,
-            "output": gen.text,
+            "output": output,
             "pred": pred,
             "pred_strict": pred_strict,
             "gold": ex.answer,

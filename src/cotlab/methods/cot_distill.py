@@ -1,11 +1,13 @@
-"""CoT distillation (Phase B): question -> teacher reasoning + answer, optionally continuing Phase A's adapter.
+"""CoT distillation (Phase B): question + student draft -> teacher reasoning + answer, continuing Phase A's adapter.
 
 The loss is SFT's completion-only cross-entropy, but the completion is the reasoning followed by the answer,
 so the model is trained to produce the chain of thought before committing to an answer:
 
     L(theta) = - 1/|C| * sum_{t in C} log p_theta(y_t | x, y_<t)      y = reasoning ++ "The answer is: " ++ a
 
-Starting point: `init_from: sft` continues the Phase A adapter (the self-improving recipe), `base` starts fresh.
+The prompt carries the student's draft ("Student draft: ...") as in the self-improving recipe, so the model learns
+to read a draft and correct it; `with_draft: false` trains on the question alone. Starting point: `init_from: sft`
+continues the Phase A adapter (the recipe), `base` starts fresh.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """DPO (Phase C) from the Phase B adapter on TRL's DPOTrainer, with a beta schedule by epoch, calibrated and
-robust variants. TRL provides the data pipeline, the log-probs and the reference (the same model with its
-adapters disabled); only the loss is ours.
+robust variants. TRL provides the data pipeline, the log-probs and the reference; only the loss is ours.
+
+The reference pi_ref is the policy DPO starts from (`reference: start`, the DPO paper's pi_SFT): TRL keeps a frozen
+copy of the Phase B adapter next to the trained one on the same base weights (adapter-sized, no second model), so
+every log-ratio r starts at 0, which Cal-DPO's targets +-1/(2 beta) presuppose. `reference: base` scores the
+reference with the adapters disabled (the base model) instead.
 
 With r = log pi_theta(y|x) - log pi_ref(y|x) for the chosen (w) and rejected (l) answers, and Delta = r_w - r_l:
 
@@ -23,20 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class DPOPhase:
-    """What applies during `epochs` consecutive epochs of the schedule."""
-
-    epochs: int = 1
-    beta: float = 0.1
-    calibration: str = "none"  # none | batch_mean | cal_dpo
-    robust: str = "none"  # none | drop_top | dr_dpo
-
-
-# The source recipe: epoch 1 plain DPO at beta 0.05; epochs 2-3 beta 0.1 calibrated; epoch 4 adds the robust filter.
-DEFAULT_SCHEDULE = [DPOPhase(1, 0.05, "none", "none"), DPOPhase(2, 0.1, "batch_mean", "none"),
-                    DPOPhase(1, 0.1, "batch_mean", "drop_top")]
+from cotlab.config import DEFAULT_DPO_SCHEDULE, DPOPhase
 
 
 def phase_at(schedule: list[DPOPhase], epoch: float) -> DPOPhase:
@@ -92,9 +83,20 @@ def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_
                             if k not in {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}}
             completion_mask = inputs["completion_mask"]
             labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-            outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
             seq_len = completion_mask.size(1) - 1
-            return outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)  # batch is [chosen, rejected]
+            if inputs["input_ids"].is_cuda:  # TRL's chunked LM head saves the full-vocabulary logits' memory
+                outputs = model(**model_kwargs, labels=labels, use_cache=False, fused_lm_head=True)
+                per_token = outputs.log_probs[:, -seq_len:]
+            else:  # its CPU kernel is ~10x slower than plain log-softmax, and CPU memory is not the limit
+                # Logits only from the position before the batch's earliest completion token: the prompts need
+                # no LM head (most of the tokens; the head over a 49k vocabulary dominates a small model's cost).
+                first = int(completion_mask.float().argmax(dim=1).min())
+                keep = completion_mask.size(1) - max(first - 1, 0)
+                logits = model(**model_kwargs, use_cache=False, logits_to_keep=keep).logits[:, :-1].float()
+                targets = labels[:, -(keep - 1):]
+                picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                per_token = (picked - torch.logsumexp(logits, dim=-1)).masked_fill(targets == -100, 0.0)
+            return per_token.sum(dim=1).chunk(2, dim=0)  # the batch is [chosen..., rejected...]
 
         def _compute_loss(self, model, inputs, return_outputs):
             mode = "train" if self.model.training else "eval"
@@ -136,8 +138,17 @@ class DPORunConfig:
     drop_fraction: float = 0.15
     dr_beta: float = 1.0
     precompute_ref: bool = False  # one reference pass over the data up front instead of one per step
+    reference: str = "start"  # start: the starting adapter, frozen | base: adapters disabled
     seed: int = 0
     report_to: list[str] | None = None
+
+    @classmethod
+    def from_params(cls, params, report_to: list[str] | None = None) -> "DPORunConfig":
+        c = params.dpo
+        return cls(schedule=c.schedule, lr=c.lr, batch_size=c.batch_size, grad_accum=c.grad_accum,
+                   warmup_ratio=c.warmup_ratio, max_grad_norm=c.max_grad_norm, max_length=params.sizes.max_length,
+                   logging_steps=c.logging_steps, drop_fraction=c.drop_fraction, dr_beta=c.dr_beta,
+                   precompute_ref=c.precompute_ref, reference=c.reference, seed=params.seed, report_to=report_to)
 
     @property
     def epochs(self) -> int:
@@ -169,7 +180,11 @@ def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
         trainer_class = scheduled_trainer(config.schedule, config.drop_fraction, config.dr_beta)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 callbacks=[guard])
+        if config.reference == "base" and "ref" in model.peft_config:
+            model.delete_adapter("ref")  # without a "ref" adapter the reference pass disables the adapters
         result = trainer.train()
+    if "ref" in model.peft_config:
+        model.delete_adapter("ref")  # the checkpoint holds the trained adapter only
     curve = [{"step": r["step"], "epoch": round(r["epoch"], 4), "loss": r["loss"], "beta": r["beta"],
               "reward_margin": r.get("rewards/margins"), "reward_accuracy": r.get("rewards/accuracies"),
               "pairs_dropped": r.get("pairs_dropped")}

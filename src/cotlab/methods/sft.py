@@ -31,6 +31,7 @@ class TrainingDivergedError(RuntimeError):
 @dataclass
 class SFTRunConfig:
     template: str = "direct"
+    with_draft: bool = False  # prompt = question + "Student draft: " + the example's draft (Phase B)
     lr: float = 2e-4
     epochs: float = 1.0
     batch_size: int = 8
@@ -47,14 +48,14 @@ class SFTRunConfig:
     report_to: list[str] = field(default_factory=lambda: ["mlflow"])
 
 
-def build_dataset(examples: Sequence[Example], tokenizer, template: str, max_length: int):
+def build_dataset(examples: Sequence[Example], tokenizer, template: str, max_length: int, with_draft: bool = False):
     """Prompt-completion rows rendered by the shared template; rows over max_length tokens are dropped (counted),
     never silently truncated: a truncated target teaches the model to stop mid-answer."""
     from datasets import Dataset
 
     rows, weights, dropped = [], [], 0
     for ex in examples:
-        pair = render_training(tokenizer, ex, template)
+        pair = render_training(tokenizer, ex, template, draft=str(ex.metadata.get("draft", "")) if with_draft else None)
         n_tokens = len(tokenizer(pair["prompt"] + pair["completion"], add_special_tokens=False)["input_ids"])
         if n_tokens > max_length:
             dropped += 1
@@ -92,7 +93,7 @@ def write_curve(rows: list[dict[str, Any]], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["step", "epoch", "loss", "learning_rate"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step", "epoch", "loss"])
         writer.writeheader()
         writer.writerows(rows)
 
@@ -101,7 +102,8 @@ def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -
     """Fine-tune `model` (a PEFT model) in place. Returns (model, metrics, loss curve rows)."""
     from trl import SFTConfig, SFTTrainer
 
-    dataset, weights, data_stats = build_dataset(examples, tokenizer, config.template, config.max_length)
+    dataset, weights, data_stats = build_dataset(examples, tokenizer, config.template, config.max_length,
+                                                 config.with_draft)
     curve = LossCurve()
     with tempfile.TemporaryDirectory(prefix="cotlab-trainer-") as scratch:
         args = SFTConfig(

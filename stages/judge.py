@@ -1,0 +1,43 @@
+"""Stage judge@<task>: an LLM judge compares the clarifying questions of the challenger (judge.challenger, Phase C
+by default) with the base student's, question by question, in a seeded random order; the win rate with a Wilson
+95% CI. The judge is any teacher backend (`local` runs offline); prompts and raw verdicts are kept."""
+from cotlab import tracking
+from cotlab.data.schema import read_examples, read_jsonl, write_json, write_jsonl
+from cotlab.models import load_checkpoint
+from cotlab.selfimprove import judge_pairs, parse_verdict, student_drafts, win_rate
+from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_main
+from cotlab.teacher import Request, Teacher
+
+
+@stage_main("judge")
+def main(params, task):
+    cfg = params.judge
+    test = read_examples(f"{data_dir(task)}/test.jsonl")
+    incumbent = {row["id"]: row["questions"] for row in read_jsonl(f"{drafts_dir(task)}/test.jsonl")}
+    with tracking.stage_run(f"judge@{task}", mlflow_params(params), task=task):
+        model, tokenizer, _ = load_checkpoint(model_dir(cfg.challenger, task), params.model.device)
+        drafts, draft_metrics = student_drafts(model, tokenizer, test, params.drafts.max_new_tokens,
+                                               params.drafts.batch_size or params.sizes.eval_batch_size)
+        del model
+        challenger = {row["id"]: row["questions"] for row in drafts}
+        pairs = judge_pairs(test, challenger, incumbent, params.seed)
+        responses, usage = Teacher(cfg).run([Request(p["id"], p["messages"], "judge") for p in pairs])
+        verdicts = [parse_verdict(r.text) if r.status == "ok" else None for r in responses]
+        metrics = {**win_rate(pairs, verdicts), "challenger": cfg.challenger,
+                   "challenger_question_rate": sum(bool(q) for q in challenger.values()) / len(test),
+                   "incumbent_question_rate": sum(bool(incumbent.get(ex.id)) for ex in test) / len(test),
+                   **{f"challenger_drafts.{k}": v for k, v in draft_metrics.items()}, **usage.metrics()}
+        write_jsonl(f"judge/{task}/challenger_drafts.jsonl", drafts)
+        write_jsonl(f"judge/{task}/verdicts.jsonl", [
+            {"id": p["id"], "challenger_label": p["challenger_label"], "messages": p["messages"],
+             "status": r.status, "reason": r.reason, "reply": r.text, "verdict": v}
+            for p, r, v in zip(pairs, responses, verdicts)])
+        write_json(f"metrics/judge/{task}.json", metrics)
+        tracking.log_metrics(metrics)
+    print(f"judge@{task}: {cfg.challenger} wins {metrics['challenger_wins']}/{metrics['n_decided']} "
+          f"({metrics['win_rate']:.3f} [{metrics['win_rate_ci_low']:.3f}, {metrics['win_rate_ci_high']:.3f}]), "
+          f"{metrics['undecided']} undecided of {metrics['n_compared']}")
+
+
+if __name__ == "__main__":
+    main()

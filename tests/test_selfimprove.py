@@ -1,0 +1,135 @@
+"""The self-improving recipe's validations: draft ablations, syllogism reasoning, the judge (through a real
+OpenAI-protocol server on 127.0.0.1), summaries with intervals, and ablations paired in the comparison."""
+import math
+import random
+
+import pytest
+import reasoning_gym
+from scipy import stats
+
+from cotlab.config import TeacherConfig
+from cotlab.data.syllogism import counterexample, reasoning
+from cotlab.evaluation.compare import compare, markdown
+from cotlab.selfimprove import (NO_COT_PREFILL, ablation_inputs, judge_pairs, mean_with_ci, parse_verdict, shuffled,
+                                win_rate)
+from cotlab.teacher import Request, Teacher
+from openai_server import FakeOpenAI
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 57])
+def test_shuffled_drafts_are_a_seeded_derangement(n):
+    drafts = [f"draft {i}" for i in range(n)]
+    out = shuffled(drafts, seed=0)
+    assert sorted(out) == sorted(drafts)  # every draft used once
+    assert all(a != b for a, b in zip(out, drafts))  # no question keeps its own draft
+    assert out == shuffled(drafts, seed=0) and (n < 4 or out != shuffled(drafts, seed=1))
+
+
+def test_ablation_inputs():
+    drafts = ["a", "b", "c"]
+    assert ablation_inputs("full", drafts, 0) == (drafts, "")
+    assert ablation_inputs("no_draft", drafts, 0) == (None, "")
+    assert ablation_inputs("no_cot", drafts, 0) == (drafts, NO_COT_PREFILL)
+    shown, prefill = ablation_inputs("shuffled_draft", drafts, 0)
+    assert prefill == "" and sorted(shown) == drafts and shown != drafts
+    with pytest.raises(ValueError, match="unknown ablation 'none'"):
+        ablation_inputs("none", drafts, 0)
+
+
+def test_evaluation_with_drafts_and_prefill(tiny_base, examples):
+    from cotlab.evaluation.run import evaluate
+    from cotlab.models import load_checkpoint
+
+    model, tokenizer, _ = load_checkpoint(tiny_base, "cpu")
+    test = examples["test"][:4]
+    drafts = [f"Answer: Yes - draft number {i}" for i in range(4)]
+    preds, metrics = evaluate(model, tokenizer, test, "cot", 4, 4, drafts=drafts, prefill=NO_COT_PREFILL)
+    assert all(f"Student draft: {d}" in p["prompt"] for p, d in zip(preds, drafts))
+    assert all(p["prompt"].endswith(NO_COT_PREFILL) and p["output"].startswith(NO_COT_PREFILL) for p in preds)
+    plain, _ = evaluate(model, tokenizer, test, "cot", 4, 4)
+    assert not any("Student draft:" in p["prompt"] for p in plain) and metrics["n"] == 4
+
+
+def test_syllogism_reasoning_is_a_model_check():
+    assert counterexample(["All dogs are mammals", "All mammals are animals"], "All dogs are animals") is None
+    text, follows = reasoning(["All ants are dolphins", "Some dolphins are not spiders"], "Some ants are not spiders")
+    assert not follows and "Counterexample" in text and "does not follow" in text
+    # Existential import (every named group has members), as reasoning-gym assumes:
+    _, follows = reasoning(["All adults are grandparents", "No grandparents are fish"], "Some adults are not fish")
+    assert follows
+    agree = 0
+    items = list(reasoning_gym.create_dataset("syllogism", size=200, seed=5))
+    for item in items:
+        m = item["metadata"]
+        agree += reasoning([m["premise1"], m["premise2"]], m["conclusion"])[1] == m["is_valid"]
+    assert agree / len(items) > 0.8  # the rest are reasoning-gym labels our check disputes (dropped at load)
+
+
+def test_disputed_syllogism_labels_are_dropped():
+    from cotlab.data.sources import load_task
+
+    data = load_task("syllogism", {"source": "reasoning_gym", "dataset": "syllogism"}, 40, 40, seed=0)
+    for split in ("train", "test"):
+        assert len(data[split]) == 40
+        for ex in data[split]:
+            assert not ex.metadata["label_disputed"] and ex.reasoning
+            assert ex.reasoning.endswith("so it follows.") == (ex.answer == "yes")
+
+
+def test_mean_with_ci_is_the_t_interval():
+    values = [0.1, 0.3, 0.25, 0.4, 0.05, 0.2]
+    out = mean_with_ci(values)
+    low, high = stats.t.interval(0.95, 5, loc=sum(values) / 6, scale=stats.sem(values))
+    assert out["mean"] == pytest.approx(0.2166666, rel=1e-5) and (out["ci_low"], out["ci_high"]) == pytest.approx((low, high))
+    assert math.isnan(mean_with_ci([0.3])["ci_low"])
+
+
+def test_parse_verdict():
+    assert parse_verdict("A") == "A" and parse_verdict(" Student B.") == "B" and parse_verdict("**B**") == "B"
+    assert parse_verdict("Both are good") is None and parse_verdict("") is None
+
+
+def test_judge_order_is_randomised_and_the_win_rate_counts_the_challenger(examples, tmp_path):
+    test = examples["test"] + examples["train"]
+    challenger = {ex.id: ["Is it true?"] for ex in test}
+    incumbent = {ex.id: ["What is it?"] for ex in test[:-3]}  # 3 questions without incumbent questions: skipped
+    pairs = judge_pairs(test, challenger, incumbent, seed=0)
+    assert len(pairs) == len(test) - 3
+    labels = [p["challenger_label"] for p in pairs]
+    assert 0.25 < labels.count("A") / len(labels) < 0.75
+    for p in pairs:
+        content = p["messages"][-1]["content"]
+        first = content.index("Student A:")
+        assert content.index("Is it true?" if p["challenger_label"] == "A" else "What is it?") > first
+
+    # A judge that always answers "A" (pure position bias) must give the challenger about half the wins.
+    with FakeOpenAI(reply=lambda messages: "A") as server:
+        config = TeacherConfig(backend="openai", model="judge", base_url=server.base_url, api_key_env=None,
+                               max_tokens=4)
+        responses, usage = Teacher(config, cache_dir=tmp_path).run(
+            [Request(p["id"], p["messages"], "judge") for p in pairs])
+    verdicts = [parse_verdict(r.text) for r in responses]
+    result = win_rate(pairs, verdicts)
+    assert result["n_decided"] == len(pairs) and result["judge_picks_first"] == 1.0
+    assert result["challenger_wins"] == labels.count("A")
+    assert result["win_rate_ci_low"] < result["win_rate"] < result["win_rate_ci_high"]
+    assert usage.answered == len(pairs)
+
+
+def _preds(correct):
+    return [{"id": str(i), "correct": c, "pred": "yes", "pred_strict": "yes", "truncated": False}
+            for i, c in enumerate(correct)]
+
+
+def test_ablations_are_paired_against_the_full_model():
+    rng = random.Random(0)
+    full = [rng.random() < 0.7 for _ in range(60)]
+    table = {"t": {"base_zeroshot": _preds([rng.random() < 0.5 for _ in range(60)]), "dpo": _preds(full),
+                   "dpo_no_draft": _preds([c and rng.random() < 0.6 for c in full])}}
+    result = compare(table, "base_zeroshot", 500, 0.95, 0, {"dpo_no_draft": "dpo"})
+    row = result["t"]["dpo_no_draft"]
+    assert row["ablation_of"] == "dpo" and row["diff_vs_full"] < 0 and row["mcnemar_p_vs_full"] < 0.05
+    assert row["diff_vs_full"] == pytest.approx(row["accuracy"] - result["t"]["dpo"]["accuracy"])
+    assert "ablation_of" not in result["t"]["dpo"]
+    report = markdown(result, "base_zeroshot")
+    assert "## Ablations" in report and "| t | dpo_no_draft | dpo |" in report
