@@ -43,6 +43,15 @@ def test_section_lr_overrides_top_level():
         (lambda d: d["scales"]["tiny"].update(n_train=-1), "scales.tiny.n_train"),
         (lambda d: d.update(tasks=["nope"]), "tasks"),
         (lambda d: d.pop("seed"), "seed"),
+        (lambda d: d["dpo"].update(tasks=["gsm8k", "svamp"]), "dpo.tasks"),
+        (lambda d: d["dpo"]["schedule"][1].update(calibration="mean"), "dpo.schedule[1].calibration"),
+        (lambda d: d["dpo"]["schedule"][0].update(beta=0), "dpo.schedule[0].beta"),
+        (lambda d: d["dpo"].update(drop_fraction=1.0), "dpo.drop_fraction"),
+        (lambda d: d["dpo"].update(rounds={"round1": {"start": "round2"}, "round2": {"start": "dpo"}}),
+         "dpo.rounds.round1.start"),
+        (lambda d: d["dpo"].update(rounds={"dpo": {"start": "dpo"}}), "dpo.rounds.dpo"),
+        (lambda d: d["judge"].update(backend="oracle"), "judge.backend"),
+        (lambda d: d["judge"].update(api_key_env="sk-abc123"), "judge.api_key_env"),
     ],
 )
 def test_bad_params_name_the_key(mutate, key):

@@ -118,3 +118,64 @@ def test_dpo_train_on_pairs_from_filtered_examples(tiny_base, examples):
     model, metrics, curve = train(model, tokenizer, pairs, config)
     assert metrics["train_steps"] == 4 and math.isfinite(metrics["train_loss"])
     assert [row["beta"] for row in curve] == [0.1] * 4 and [row["step"] for row in curve] == [1, 2, 3, 4]
+
+
+def _trainer(tiny_base, examples, tmp_path, reference="start"):
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from cotlab.models import load_for_training
+    from cotlab.prompts import render_prompt
+
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    rows = [{"prompt": render_prompt(tokenizer, ex, "direct"),
+             "chosen": f"The answer is: {ex.answer.capitalize()}{tokenizer.eos_token}",
+             "rejected": f"Well, maybe. The answer is: {'No' if ex.answer == 'yes' else 'Yes'}{tokenizer.eos_token}"}
+            for ex in examples["train"][:4]]
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                     save_strategy="no", disable_tqdm=True, gradient_checkpointing=False)
+    trainer = scheduled_trainer([DPOPhase()])(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                              processing_class=tokenizer)
+    return model, trainer
+
+
+def test_sequence_logps_equal_a_direct_computation(tiny_base, examples, tmp_path):
+    model, trainer = _trainer(tiny_base, examples, tmp_path)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # a non-zero adapter, so the policy differs from the base
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        chosen, rejected = trainer._sequence_logps(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    direct = (logprobs * batch["completion_mask"][:, 1:]).sum(dim=1)
+    assert torch.allclose(torch.cat([chosen, rejected]), direct, atol=1e-4)
+    assert batch["completion_mask"][:, 1:].sum(dim=1).min() > 0
+
+
+@pytest.mark.parametrize("reference", ["start", "base"])
+def test_the_reference_is_the_starting_adapter_or_the_base(tiny_base, examples, tmp_path, reference):
+    """`start` keeps a frozen copy of the adapter DPO starts from (log-ratios start at 0); `base` disables it."""
+    from dataclasses import replace
+
+    from cotlab.data.pairs import build_pairs
+    from cotlab.methods.dpo import DPORunConfig, train
+    from cotlab.models import load_for_training
+
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # a trained-looking starting adapter (fresh LoRA B is zero: policy == base)
+                p.add_(0.05 * torch.randn_like(p))
+    filtered = [replace(ex, metadata={**ex.metadata, "draft": "Answer: Yes - sure."}) for ex in examples["train"][:8]]
+    pairs, _ = build_pairs(filtered, tokenizer, seed=0)
+    config = DPORunConfig(schedule=[DPOPhase(1, 0.1)], lr=1e-3, batch_size=8, reference=reference)
+    model, metrics, curve = train(model, tokenizer, pairs, config)
+    first_margin = curve[0]["reward_margin"]
+    if reference == "start":
+        assert first_margin == pytest.approx(0.0, abs=1e-6) and curve[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    else:
+        assert abs(first_margin) > 1e-4
+    assert "ref" not in model.peft_config  # the checkpoint holds the trained adapter only

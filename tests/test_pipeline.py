@@ -1,5 +1,6 @@
 """The whole DAG through DVC at tiny scale, re-runs, and experiments (temp and queued) tracked in one store."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from conftest import copy_project
+from cotlab.selfimprove import shuffled as shuffled_drafts
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -32,6 +34,8 @@ def repo(tmp_path_factory):
     params = yaml.load(root / "params.yaml")
     params["scale"] = "tiny"
     params["tasks"] = ["strategyqa"]
+    params["dpo"]["tasks"] = ["strategyqa"]
+    params["dpo"]["rounds"] = {"round1": {"start": "dpo"}}
     yaml.dump(params, root / "params.yaml")
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
@@ -52,17 +56,65 @@ def runs(root):
 def test_whole_dag_at_tiny_scale(repo):
     root = repo["root"]
     compare = json.loads((root / "metrics" / "compare.json").read_text())
-    assert set(compare["strategyqa"]) == {"base_zeroshot", "base_fewshot", "sft", "cot_distill"}
+    assert set(compare["strategyqa"]) == {"base_zeroshot", "base_fewshot", "sft", "cot_distill", "dpo", "dpo_no_draft",
+                                          "dpo_shuffled_draft", "dpo_no_cot", "round1"}
     assert 0 <= compare["strategyqa"]["sft"]["mcnemar_p"] <= 1
     predictions = (root / "eval" / "sft" / "strategyqa" / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == compare["strategyqa"]["sft"]["n"]
     manifest = json.loads((root / "models" / "cot_distill" / "strategyqa" / "manifest.json").read_text())
     assert manifest["init_from"] == "models/sft/strategyqa" and manifest["prompt"]["template"] == "cot"
-    assert (root / "reports" / "compare.md").read_text().count("| strategyqa |") == 4
+    assert (root / "reports" / "compare.md").read_text().count("| strategyqa |") == 9 + 3  # + the ablations table
     stages = {r.data.tags["stage"] for r in runs(root)}
     assert {"prepare_model", "data@strategyqa", "drafts@strategyqa", "teacher@strategyqa", "filter@strategyqa",
-            "candidates", "sft@strategyqa", "cot_distill@strategyqa", "compare"} <= stages
-    assert repo["repro_s"] < 300
+            "candidates", "sft@strategyqa", "cot_distill@strategyqa", "pairs@strategyqa", "dpo@strategyqa",
+            "evaluate@dpo-strategyqa", "attribution@strategyqa", "judge@strategyqa", "self_guided@round1-strategyqa",
+            "compare"} <= stages
+
+
+def test_phase_c_and_its_validations(repo):
+    """Phase B and C read the student's drafts; the ablations change only what they claim to; attribution, the
+    judge and the self-guided round leave their outputs and metrics."""
+    root = repo["root"]
+    read = lambda rel: [json.loads(line) for line in (root / rel).read_text().splitlines()]  # noqa: E731
+    test_drafts = {r["id"]: r["draft"] for r in read("data/drafts/strategyqa/test.jsonl")}
+    for model in ("cot_distill", "dpo"):
+        manifest = json.loads((root / "models" / model / "strategyqa" / "manifest.json").read_text())
+        assert manifest["prompt"]["with_draft"] is True
+        for p in read(f"eval/{model}/strategyqa/predictions.jsonl"):
+            assert f"Student draft: {' '.join(test_drafts[p['id']].split()) or '(empty)'}" in p["prompt"]
+    assert json.loads((root / "models/dpo/strategyqa/manifest.json").read_text())["init_from"] == \
+        "models/cot_distill/strategyqa"
+    full = {p["id"]: p for p in read("eval/dpo/strategyqa/predictions.jsonl")}
+    no_draft = read("eval/dpo_no_draft/strategyqa/predictions.jsonl")
+    shuffled = read("eval/dpo_shuffled_draft/strategyqa/predictions.jsonl")
+    no_cot = read("eval/dpo_no_cot/strategyqa/predictions.jsonl")
+    assert {p["id"] for p in no_draft} == {p["id"] for p in shuffled} == {p["id"] for p in no_cot} == set(full)
+    assert all("Student draft:" not in p["prompt"] for p in no_draft)
+    shown = shuffled_drafts([test_drafts[p["id"]] for p in shuffled], seed=0)  # predictions keep the test order
+    assert all(f"Student draft: {' '.join(d.split()) or '(empty)'}" in p["prompt"] for p, d in zip(shuffled, shown))
+    assert all(p["prompt"] == full[p["id"]]["prompt"] + "The answer is:" for p in no_cot)
+    compare = json.loads((root / "metrics" / "compare.json").read_text())["strategyqa"]
+    assert compare["dpo_no_draft"]["ablation_of"] == "dpo" and 0 <= compare["dpo_no_draft"]["mcnemar_p_vs_full"] <= 1
+
+    pairs = json.loads((root / "metrics/pairs/strategyqa.json").read_text())
+    assert pairs["n_pairs"] == 8 and pairs["made.draft_wrong"] + pairs.get("made.flipped", 0) == 8
+    trained = json.loads((root / "metrics/train/dpo/strategyqa.json").read_text())
+    assert trained["n_pairs"] == 8 and math.isfinite(trained["train_loss"])
+    curve = (root / "plots/train/dpo/strategyqa.csv").read_text().splitlines()
+    assert curve[0].startswith("step,epoch,loss,beta") and len(curve) == 1 + 4  # 4 epochs of one batch
+    attribution = json.loads((root / "metrics/attribution/strategyqa.json").read_text())
+    for when in ("before_dpo", "after_dpo"):
+        assert attribution[when]["n"] == 3 and 0 <= attribution[when]["draft_share"] <= 1
+    assert attribution["criterion_met"] == (attribution["after_dpo"]["draft_share"] >= 0.2)
+    assert len(read("attribution/strategyqa/scores.jsonl")) == 6
+    judge = json.loads((root / "metrics/judge/strategyqa.json").read_text())
+    assert judge["challenger"] == "dpo" and judge["n_compared"] == len(read("judge/strategyqa/verdicts.jsonl"))
+    assert len(read("judge/strategyqa/challenger_drafts.jsonl")) == len(full)
+    rounds = json.loads((root / "metrics/rounds/round1.json").read_text())["strategyqa"]
+    assert rounds["start"] == "dpo" and rounds["pairs"]["n_pairs"] == 8 and rounds["eval"]["n"] == len(full)
+    assert json.loads((root / "models/round1/strategyqa/manifest.json").read_text())["init_from"] == \
+        "models/dpo/strategyqa"
+    assert len(read("data/rounds/round1/strategyqa/drafts_test.jsonl")) == len(full)
 
 
 def test_training_consumes_the_filtered_teacher_data(repo):
