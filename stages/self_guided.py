@@ -4,6 +4,7 @@ teacher's reasoning, DPO trains again from that model, and the new model is eval
 from dataclasses import replace
 
 from cotlab import tracking
+from cotlab.config import ConfigError
 from cotlab.data.pairs import build_pairs
 from cotlab.data.schema import read_examples, write_json, write_jsonl
 from cotlab.evaluation.run import evaluate
@@ -42,6 +43,8 @@ def run_round(params, name: str, start: str, task: str) -> dict:
 
 @stage_main("self_guided")
 def main(params, name):
+    if name not in params.dpo.rounds:
+        raise ConfigError(f"dpo.rounds: no round named {name!r} (defined: {sorted(params.dpo.rounds)})")
     start = params.dpo.rounds[name].start
     summary = {}
     for task in params.dpo.tasks:  # one MLflow run per task: each trains its own model

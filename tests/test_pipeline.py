@@ -145,8 +145,9 @@ def test_repro_after_a_finished_run_does_nothing(repo):
 
 def test_temp_and_queued_experiments_land_in_the_same_store(repo):
     root = repo["root"]
-    sh(root, "dvc", "exp", "run", "--temp", "-S", "lr=5e-5")
-    sh(root, "dvc", "exp", "run", "--queue", "-S", "lr=3e-4")
+    # Phase C's learning rate: DPO, its evaluations, attribution, judge and the round re-run; earlier stages do not.
+    sh(root, "dvc", "exp", "run", "--temp", "-S", "dpo.lr=1e-4")
+    sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=3e-4")
     sh(root, "dvc", "queue", "start", "-j", "1")
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -155,11 +156,12 @@ def test_temp_and_queued_experiments_land_in_the_same_store(repo):
             break
         time.sleep(5)
     assert "Success" in status, status
-    lrs = {r.data.params.get("lr") for r in runs(root) if r.data.tags.get("stage") == "sft@strategyqa"}
-    assert {"5e-05", "0.0003"} <= lrs
-    names = {r.data.tags["dvc_exp_name"] for r in runs(root) if r.data.params.get("lr") in ("5e-05", "0.0003")}
+    lrs = {r.data.params.get("dpo.lr") for r in runs(root) if r.data.tags.get("stage") == "dpo@strategyqa"}
+    assert {"0.0001", "0.0003"} <= lrs
+    assert {r.data.params.get("dpo.lr") for r in runs(root) if r.data.tags.get("stage") == "sft@strategyqa"} == {"5e-05"}
+    names = {r.data.tags["dvc_exp_name"] for r in runs(root) if r.data.params.get("dpo.lr") in ("0.0001", "0.0003")}
     assert "workspace" not in names and len(names) == 2
     assert not list(root.glob(".dvc/tmp/exps/**/mlflow.db"))
     shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
     text = json.dumps(shown)
-    assert "5e-05" in text and "0.0003" in text
+    assert "0.0001" in text and "0.0003" in text

@@ -133,3 +133,19 @@ def test_ablations_are_paired_against_the_full_model():
     assert "ablation_of" not in result["t"]["dpo"]
     report = markdown(result, "base_zeroshot")
     assert "## Ablations" in report and "| t | dpo_no_draft | dpo |" in report
+
+
+def test_phase_b_trains_on_the_prompt_evaluation_shows(tokenizer, examples):
+    from dataclasses import replace
+
+    from cotlab.methods.sft import build_dataset
+    from cotlab.prompts import render_prompt
+
+    rows = [replace(ex, reasoning="Step one.", metadata={**ex.metadata, "draft": f"Answer: No - guess {i}"})
+            for i, ex in enumerate(examples["train"][:4])]
+    with_draft, _, _ = build_dataset(rows, tokenizer, "cot", 512, with_draft=True)
+    without, _, _ = build_dataset(rows, tokenizer, "cot", 512)
+    for ex, a, b in zip(rows, with_draft, without):
+        assert a["prompt"] == render_prompt(tokenizer, ex, "cot", draft=ex.metadata["draft"])
+        assert f"Student draft: {ex.metadata['draft']}" in a["prompt"] and "Student draft" not in b["prompt"]
+        assert a["completion"] == b["completion"]
