@@ -1,0 +1,302 @@
+"""CODI: continuous chain-of-thought by self-distillation (Shen et al., 2025). One model with LoRA plays both roles:
+
+    teacher:  question  CoT  "The answer is: X" eos                 CE on CoT + answer       (L_teacher)
+    student:  question <bot> z_1 .. z_K <eot> "The answer is: X" eos  CE on the answer        (L_student)
+
+    z_1 = prj(h_L(<bot>)),  z_k = prj(h_L(z_{k-1}))       prj = Dropout, Linear d->p, GELU, Linear p->d, LayerNorm
+
+Each continuous thought is the projected last-layer hidden state of the previous position, fed back as the next
+input embedding on the KV cache (one model call per thought). The student's hidden states are pulled towards the
+stop-gradient teacher's at the position that predicts the first answer-value token, in every layer l:
+
+    distill = 1/(L+1) * sum_l  SmoothL1(h_l^S[p_S], sg(h_l^T[p_T])) / std(h_l^T[p_T])      (std: optional)
+    L = L_student + distill_loss_factor * distill + ref_loss_factor * L_teacher
+
+Unlike the reference code, the latent and answer steps carry the question's attention mask and position ids, so a
+left-padded batch gives the same result as one question at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cotlab.data.schema import Example
+from cotlab.prompts import display_answer, question_block
+
+BOT, EOT, PAD = "<bot>", "<eot>", "<pad>"
+ANSWER_PREFIX = "The answer is: "
+
+
+@dataclass
+class CODIConfig:
+    num_latent: int = 6
+    inf_latent_iterations: int = 6
+    use_prj: bool = True
+    prj_dim: int | None = None  # None = the model width (the reference uses 2048 for a 1B model)
+    prj_dropout: float = 0.0
+    prj_no_ln: bool = False
+    distill_loss_factor: float = 20.0
+    ref_loss_factor: float = 1.0
+    distill_loss_type: str = "smooth_l1"  # smooth_l1 | mse
+    distill_loss_div_std: bool = True
+
+
+# ---------------------------------------------------------------- tokens and sequences
+
+def add_codi_tokens(model, tokenizer) -> dict[str, int]:
+    """<bot>, <eot> (and a pad token if the tokenizer has none) as added special tokens, embeddings resized."""
+    extra = {"additional_special_tokens": [BOT, EOT]}
+    if tokenizer.pad_token is None:
+        extra["pad_token"] = PAD
+    tokenizer.add_special_tokens(extra)
+    model.resize_token_embeddings(len(tokenizer))
+    return {"bot": tokenizer.convert_tokens_to_ids(BOT), "eot": tokenizer.convert_tokens_to_ids(EOT),
+            "pad": tokenizer.pad_token_id}
+
+
+def answer_ids(tokenizer, example: Example) -> tuple[list[int], int]:
+    """Token ids of "The answer is: X" and the index of its first answer-value token (the first token whose span
+    reaches into X): the distillation position is the one before it, whatever the tokenizer does with the space."""
+    text = ANSWER_PREFIX + display_answer(example)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    value_start = len(ANSWER_PREFIX)
+    first = next(i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > value_start)
+    return encoded["input_ids"], first
+
+
+@dataclass
+class CODIExample:
+    question: list[int]
+    cot: list[int]
+    answer: list[int]  # "The answer is: X" + eos
+    value_index: int  # index in `answer` of the first answer-value token
+
+    @property
+    def teacher(self) -> list[int]:
+        return self.question + self.cot + self.answer
+
+    @property
+    def teacher_distill_position(self) -> int:
+        return len(self.question) + len(self.cot) + self.value_index - 1
+
+    @property
+    def student_distill_position(self) -> int:
+        # In the answer call the sequence is <eot> + answer: answer index i sits at i + 1.
+        return self.value_index
+
+
+def encode(tokenizer, example: Example) -> CODIExample:
+    """Question, CoT and answer tokenised apart (no merges across the boundaries, as in the reference)."""
+    question = tokenizer(question_block(example) + "\n", add_special_tokens=True)["input_ids"]
+    cot = tokenizer(example.reasoning.strip() + "\n", add_special_tokens=False)["input_ids"]
+    answer, value_index = answer_ids(tokenizer, example)
+    return CODIExample(question, cot, answer + [tokenizer.eos_token_id], value_index)
+
+
+def _pad(rows: Sequence[list[int]], value: int, left: bool) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows])
+
+
+def collate(batch: Sequence[CODIExample], pad_id: int, bot_id: int, eot_id: int) -> dict[str, torch.Tensor]:
+    """Teacher rows right-padded; student questions left-padded (so <bot> is last in every row) and answers
+    right-padded; labels -100 where no loss is taken."""
+    teacher = [ex.teacher for ex in batch]
+    teacher_labels = [[-100] * len(ex.question) + ex.cot + ex.answer for ex in batch]
+    questions = [ex.question + [bot_id] for ex in batch]
+    answers = [[eot_id] + ex.answer for ex in batch]
+    return {
+        "teacher_ids": _pad(teacher, pad_id, left=False),
+        "teacher_mask": _pad([[1] * len(r) for r in teacher], 0, left=False),
+        "teacher_labels": _pad(teacher_labels, -100, left=False),
+        "teacher_position": torch.tensor([ex.teacher_distill_position for ex in batch]),
+        "question_ids": _pad(questions, pad_id, left=True),
+        "question_mask": _pad([[1] * len(r) for r in questions], 0, left=True),
+        "answer_ids": _pad(answers, pad_id, left=False),
+        "answer_mask": _pad([[1] * len(r) for r in answers], 0, left=False),
+        "answer_labels": _pad([r[1:] + [-100] for r in answers], -100, left=False),  # position i predicts i + 1
+        "student_position": torch.tensor([ex.student_distill_position for ex in batch]),
+    }
+
+
+# ---------------------------------------------------------------- the model
+
+class Projection(nn.Sequential):
+    def __init__(self, width: int, prj_dim: int, dropout: float, layer_norm: bool):
+        layers = [nn.Dropout(dropout), nn.Linear(width, prj_dim), nn.GELU(), nn.Linear(prj_dim, width)]
+        super().__init__(*layers, *([nn.LayerNorm(width)] if layer_norm else []))
+
+
+class CODI(nn.Module):
+    """A causal LM with LoRA (`lm`, a PEFT model) and the projection of continuous thoughts (`prj`)."""
+
+    def __init__(self, lm, config: CODIConfig):
+        super().__init__()
+        self.lm, self.config = lm, config
+        width = lm.get_input_embeddings().embedding_dim
+        self.prj = (Projection(width, config.prj_dim or width, config.prj_dropout, not config.prj_no_ln)
+                    if config.use_prj else nn.Identity())
+
+    def think(self, question_ids, question_mask, num_latent: int):
+        """Encode question + <bot>, then `num_latent` continuous thoughts on the KV cache: 1 + num_latent calls.
+        Returns (past_key_values, attention mask so far, next position id, mean norm of the thoughts)."""
+        positions = (question_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.lm(input_ids=question_ids, attention_mask=question_mask, position_ids=positions,
+                      use_cache=True, output_hidden_states=True)
+        past, mask, next_position = out.past_key_values, question_mask, positions[:, -1:] + 1
+        norms = []
+        for _ in range(num_latent):
+            latent = self.prj(out.hidden_states[-1][:, -1:])
+            norms.append(latent.detach().float().norm(dim=-1).mean())
+            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+            out = self.lm(inputs_embeds=latent.to(self.lm.dtype), attention_mask=mask, position_ids=next_position,
+                          past_key_values=past, use_cache=True, output_hidden_states=True)
+            past, next_position = out.past_key_values, next_position + 1
+        latent_norm = torch.stack(norms).mean() if norms else torch.zeros(())
+        return past, mask, next_position, latent_norm
+
+    def answer_pass(self, past, mask, next_position, answer_ids, answer_mask):
+        """<eot> + answer tokens after the thoughts (one call)."""
+        full_mask = torch.cat([mask, answer_mask], dim=1)
+        positions = next_position + torch.arange(answer_ids.size(1), device=answer_ids.device)
+        return self.lm(input_ids=answer_ids, attention_mask=full_mask, position_ids=positions,
+                       past_key_values=past, use_cache=True, output_hidden_states=True)
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        c = self.config
+        teacher_kwargs = {"input_ids": batch["teacher_ids"], "attention_mask": batch["teacher_mask"],
+                          "output_hidden_states": True}
+        with torch.no_grad():  # the targets: no gradient, whatever dropout does in the CE pass below
+            targets = self.lm(**teacher_kwargs).hidden_states
+        teacher = self.lm(**teacher_kwargs, labels=batch["teacher_labels"])
+        past, mask, next_position, latent_norm = self.think(batch["question_ids"], batch["question_mask"], c.num_latent)
+        student = self.answer_pass(past, mask, next_position, batch["answer_ids"], batch["answer_mask"])
+        logits = student.logits.float()
+        ce_student = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["answer_labels"].reshape(-1),
+                                     ignore_index=-100)
+        rows = torch.arange(batch["answer_ids"].size(0), device=logits.device)
+        distill = torch.zeros((), device=logits.device)
+        for h_student, h_teacher in zip(student.hidden_states, targets):
+            s = h_student[rows, batch["student_position"]].float()
+            t = h_teacher[rows, batch["teacher_position"]].float().detach()
+            term = F.smooth_l1_loss(s, t) if c.distill_loss_type == "smooth_l1" else F.mse_loss(s, t)
+            distill = distill + (term / t.std() if c.distill_loss_div_std else term)
+        distill = distill / len(targets)
+        total = ce_student + c.distill_loss_factor * distill + c.ref_loss_factor * teacher.loss
+        return {"loss": total, "ce_student": ce_student, "ce_teacher": teacher.loss, "distill": distill,
+                "latent_norm": latent_norm}
+
+    @torch.no_grad()
+    def generate(self, question_ids, question_mask, eot_id: int, max_new_tokens: int,
+                 num_latent: int | None = None) -> list[list[int]]:
+        """Latent inference: question + <bot>, K thoughts, <eot>, then greedy decoding to eos (per row)."""
+        num_latent = self.config.inf_latent_iterations if num_latent is None else num_latent
+        past, mask, next_position, _ = self.think(question_ids, question_mask, num_latent)
+        tokens = torch.full((question_ids.size(0), 1), eot_id, device=question_ids.device)
+        eos = self.lm.config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        generated: list[list[int]] = [[] for _ in range(question_ids.size(0))]
+        done = [False] * question_ids.size(0)
+        for _ in range(max_new_tokens):
+            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+            out = self.lm(input_ids=tokens, attention_mask=mask, position_ids=next_position, past_key_values=past,
+                          use_cache=True)
+            past, next_position = out.past_key_values, next_position + 1
+            tokens = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+            for i, token in enumerate(tokens[:, 0].tolist()):
+                if not done[i]:
+                    done[i] = token in eos_ids
+                    if not done[i]:
+                        generated[i].append(token)
+            if all(done):
+                break
+        return generated
+
+
+# ---------------------------------------------------------------- training
+
+@dataclass
+class CODIRunConfig:
+    codi: CODIConfig = field(default_factory=CODIConfig)
+    lr: float = 8e-4
+    epochs: float = 10.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.1
+    max_grad_norm: float = 2.0
+    lr_scheduler: str = "cosine"
+    logging_steps: int = 1
+    bf16: bool = False
+    seed: int = 0
+    report_to: list[str] = field(default_factory=list)
+
+
+LOGGED = ("ce_student", "ce_teacher", "distill", "latent_norm")
+
+
+def trainer_class():
+    from transformers import Trainer
+
+    class CODITrainer(Trainer):
+        """transformers' Trainer with CODI's loss; its parts are averaged over each logging window."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._parts: dict[str, list[float]] = {k: [] for k in LOGGED}
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            parts = model.losses(inputs)
+            for k in LOGGED:
+                self._parts[k].append(float(parts[k]))
+            return (parts["loss"], parts) if return_outputs else parts["loss"]
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs:
+                logs.update({k: sum(v) / len(v) for k, v in self._parts.items() if v})
+                self._parts = {k: [] for k in LOGGED}
+            super().log(logs, *args, **kwargs)
+
+    return CODITrainer
+
+
+def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIRunConfig, token_ids: dict[str, int]):
+    """Fine-tune LoRA and the projection in place; returns (metrics, curve rows with every loss part)."""
+    import math
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    from cotlab.methods.sft import TrainingDivergedError, _on_cuda
+
+    data = [encode(tokenizer, ex) for ex in examples if ex.reasoning.strip()]
+    if not data:
+        from cotlab.data.schema import DataError
+
+        raise DataError("codi: no training example has reasoning (the teacher's CoT) to distil from")
+    with tempfile.TemporaryDirectory(prefix="cotlab-codi-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch, num_train_epochs=config.epochs, learning_rate=config.lr,
+            per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+            warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+            lr_scheduler_type=config.lr_scheduler, logging_steps=config.logging_steps, logging_first_step=True,
+            save_strategy="no", report_to=config.report_to, seed=config.seed, data_seed=config.seed,
+            remove_unused_columns=False, disable_tqdm=True, bf16=config.bf16 and _on_cuda(codi.lm),
+            use_cpu=not _on_cuda(codi.lm), dataloader_num_workers=0,
+        )
+        trainer = trainer_class()(
+            model=codi, args=args, train_dataset=data,
+            data_collator=lambda batch: collate(batch, token_ids["pad"], token_ids["bot"], token_ids["eot"]))
+        result = trainer.train()
+    curve = [{"step": r["step"], "epoch": round(r["epoch"], 4), "loss": r["loss"],
+              **{k: r.get(k) for k in LOGGED}} for r in trainer.state.log_history if "loss" in r]
+    metrics = {"n_examples": len(data), "train_loss": float(result.training_loss),
+               "train_steps": int(result.global_step), "train_runtime_s": float(result.metrics.get("train_runtime", 0))}
+    if not math.isfinite(metrics["train_loss"]):
+        raise TrainingDivergedError(f"CODI loss is {metrics['train_loss']}; no checkpoint was written")
+    return metrics, curve
