@@ -126,6 +126,20 @@ def collate(batch: Sequence[CODIExample], pad_id: int, bot_id: int, eot_id: int)
 
 # ---------------------------------------------------------------- the model
 
+def distill_loss(student_states, teacher_states, student_position, teacher_position, kind: str,
+                 div_std: bool) -> torch.Tensor:
+    """Mean over layers of SmoothL1 (or MSE) between the student's and the stop-gradient teacher's hidden states at
+    one position per row, each layer's term optionally divided by the std of the teacher's states there."""
+    rows = torch.arange(teacher_position.size(0), device=teacher_position.device)
+    total = torch.zeros((), device=teacher_position.device)
+    for h_student, h_teacher in zip(student_states, teacher_states, strict=True):
+        s = h_student[rows, student_position].float()
+        t = h_teacher[rows, teacher_position].float().detach()
+        term = F.smooth_l1_loss(s, t) if kind == "smooth_l1" else F.mse_loss(s, t)
+        total = total + (term / t.std() if div_std else term)
+    return total / len(teacher_states)
+
+
 class Projection(nn.Sequential):
     def __init__(self, width: int, prj_dim: int, dropout: float, layer_norm: bool):
         layers = [nn.Dropout(dropout), nn.Linear(width, prj_dim), nn.GELU(), nn.Linear(prj_dim, width)]
@@ -179,14 +193,8 @@ class CODI(nn.Module):
         logits = student.logits.float()
         ce_student = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["answer_labels"].reshape(-1),
                                      ignore_index=-100)
-        rows = torch.arange(batch["answer_ids"].size(0), device=logits.device)
-        distill = torch.zeros((), device=logits.device)
-        for h_student, h_teacher in zip(student.hidden_states, targets):
-            s = h_student[rows, batch["student_position"]].float()
-            t = h_teacher[rows, batch["teacher_position"]].float().detach()
-            term = F.smooth_l1_loss(s, t) if c.distill_loss_type == "smooth_l1" else F.mse_loss(s, t)
-            distill = distill + (term / t.std() if c.distill_loss_div_std else term)
-        distill = distill / len(targets)
+        distill = distill_loss(student.hidden_states, targets, batch["student_position"], batch["teacher_position"],
+                               c.distill_loss_type, c.distill_loss_div_std)
         total = ce_student + c.distill_loss_factor * distill + c.ref_loss_factor * teacher.loss
         return {"loss": total, "ce_student": ce_student, "ce_teacher": teacher.loss, "distill": distill,
                 "latent_norm": latent_norm}
@@ -253,7 +261,7 @@ def trainer_class():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             parts = model.losses(inputs)
             for k in LOGGED:
-                self._parts[k].append(float(parts[k]))
+                self._parts[k].append(float(parts[k].detach()))
             return (parts["loss"], parts) if return_outputs else parts["loss"]
 
         def log(self, logs, *args, **kwargs):

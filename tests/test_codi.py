@@ -1,0 +1,135 @@
+"""CODI's mechanics on a tiny random Llama: the latent loop reuses the KV cache, the distillation position is the
+one before the first answer-value token for two tokenizers, gradients reach LoRA and the projection but not the
+teacher's targets, and padding changes nothing."""
+import pytest
+import torch
+
+from conftest import LORA
+from cotlab.data.schema import Example
+from cotlab.methods import codi as C
+
+
+@pytest.fixture
+def model_and_tokenizer(tiny_base):
+    from cotlab.models import load_for_training
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    ids = C.add_codi_tokens(model, tokenizer)
+    with torch.no_grad():  # a non-zero adapter: LoRA B starts at zero, which would hide gradient paths
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model, tokenizer, ids
+
+
+def math_examples(n=3):
+    return [Example(id=f"m{i}", question=f"Tom has {3 + i} apples and{' quickly' * i} buys {10 * (i + 1)} more. How many now?",
+                    answer=str(3 + i + 10 * (i + 1)), answer_type="number",
+                    reasoning=f"{3 + i} + {10 * (i + 1)} = {3 + i + 10 * (i + 1)}" + " apples." * i)
+            for i in range(n)]
+
+
+def char_tokenizer():
+    """A second, different tokenizer: one token per character (built with `tokenizers`, no download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(set("".join(chr(c) for c in range(32, 127))))
+    vocab = {ch: i for i, ch in enumerate(["<s>", "</s>", *alphabet])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<s>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.mark.parametrize("which", ["smollm2", "characters"])
+def test_distill_position_is_before_the_first_answer_token(tokenizer, which):
+    tok = tokenizer if which == "smollm2" else char_tokenizer()
+    ex = math_examples(2)[1]  # answer "24"
+    encoded = C.encode(tok, ex)
+    value_token = tok.decode([encoded.answer[encoded.value_index]]).strip()
+    assert value_token and "24".startswith(value_token)  # the first token carrying the value
+    before = tok.decode(encoded.answer[: encoded.value_index])
+    assert before.rstrip() == "The answer is:"  # everything before it is the prefix (and maybe its space)
+    teacher = encoded.teacher
+    assert teacher[encoded.teacher_distill_position + 1] == encoded.answer[encoded.value_index]
+    answer_call = [None] + encoded.answer  # <eot> first
+    assert answer_call[encoded.student_distill_position + 1] == encoded.answer[encoded.value_index]
+
+
+def test_the_latent_loop_reuses_the_kv_cache(model_and_tokenizer):
+    model, tokenizer, ids = model_and_tokenizer
+    codi = C.CODI(model, C.CODIConfig(num_latent=4))
+    batch = C.collate([C.encode(tokenizer, ex) for ex in math_examples()], ids["pad"], ids["bot"], ids["eot"])
+    calls = []
+    hook = model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(
+            (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[1]),
+        with_kwargs=True)
+    try:
+        with torch.no_grad():
+            past, mask, position, _ = codi.think(batch["question_ids"], batch["question_mask"], 4)
+            codi.answer_pass(past, mask, position, batch["answer_ids"], batch["answer_mask"])
+    finally:
+        hook.remove()
+    # One call over the question prefix, then K = 4 single-position calls and one answer call: K + 1 after it.
+    assert calls[0] == batch["question_ids"].shape[1]
+    assert calls[1:] == [1, 1, 1, 1, batch["answer_ids"].shape[1]]
+    assert past.get_seq_length() == batch["question_ids"].shape[1] + 4 + batch["answer_ids"].shape[1]
+
+
+def test_gradients_reach_lora_and_the_projection_not_the_targets(model_and_tokenizer):
+    model, tokenizer, ids = model_and_tokenizer
+    codi = C.CODI(model, C.CODIConfig(num_latent=2))
+    batch = C.collate([C.encode(tokenizer, ex) for ex in math_examples()], ids["pad"], ids["bot"], ids["eot"])
+    parts = codi.losses(batch)
+    assert all(torch.isfinite(v) for v in parts.values()) and parts["distill"] > 0
+    parts["loss"].backward()
+    lora = {n: p for n, p in codi.named_parameters() if "lora_" in n}
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.items() if "lora_A" in n)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in codi.prj.parameters())
+    # The distillation term alone moves the student, never the teacher's states.
+    student = torch.randn(2, 8, requires_grad=True)
+    teacher = torch.randn(2, 8, requires_grad=True)
+    loss = C.distill_loss([student[None]], [teacher[None]], torch.tensor([0]), torch.tensor([0]), "smooth_l1", True)
+    loss.backward()
+    assert student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_padding_changes_nothing(model_and_tokenizer):
+    """Each example alone vs in a padded batch: the same teacher CE (token-weighted), the same answers."""
+    model, tokenizer, ids = model_and_tokenizer
+    model.eval()
+    codi = C.CODI(model, C.CODIConfig(num_latent=3))
+    encoded = [C.encode(tokenizer, ex) for ex in math_examples()]
+    assert len({len(e.teacher) for e in encoded}) > 1 and len({len(e.question) for e in encoded}) > 1
+    batch = C.collate(encoded, ids["pad"], ids["bot"], ids["eot"])
+    with torch.no_grad():
+        batched = model(input_ids=batch["teacher_ids"], attention_mask=batch["teacher_mask"],
+                        labels=batch["teacher_labels"]).loss
+        total, tokens = 0.0, 0
+        for e in encoded:
+            one = C.collate([e], ids["pad"], ids["bot"], ids["eot"])
+            n = int((one["teacher_labels"][:, 1:] != -100).sum())
+            total += float(model(input_ids=one["teacher_ids"], labels=one["teacher_labels"]).loss) * n
+            tokens += n
+        assert float(batched) == pytest.approx(total / tokens, rel=1e-4)
+        together = codi.generate(batch["question_ids"], batch["question_mask"], ids["eot"], 6)
+        alone = [codi.generate(*[C.collate([e], ids["pad"], ids["bot"], ids["eot"])[k]
+                                 for k in ("question_ids", "question_mask")], ids["eot"], 6)[0] for e in encoded]
+    assert together == alone
+
+
+def test_training_changes_lora_and_projection(model_and_tokenizer):
+    import math
+
+    model, tokenizer, ids = model_and_tokenizer
+    codi = C.CODI(model, C.CODIConfig(num_latent=2))
+    before = {n: p.detach().clone() for n, p in codi.named_parameters() if p.requires_grad}
+    metrics, curve = C.train(codi, tokenizer, math_examples(4), C.CODIRunConfig(
+        codi=codi.config, epochs=1, batch_size=2, lr=1e-3, warmup_ratio=0.0), ids)
+    assert metrics["train_steps"] == 2 and math.isfinite(metrics["train_loss"])
+    assert all(set(C.LOGGED) <= set(row) for row in curve)
+    after = dict(codi.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before if "lora_A" in n or n.startswith("prj"))
