@@ -133,3 +133,22 @@ def test_training_changes_lora_and_projection(model_and_tokenizer):
     assert all(set(C.LOGGED) <= set(row) for row in curve)
     after = dict(codi.named_parameters())
     assert all(not torch.equal(before[n], after[n]) for n in before if "lora_A" in n or n.startswith("prj"))
+
+
+def test_save_load_reproduces_the_predictions(model_and_tokenizer, tiny_base, tmp_path):
+    model, tokenizer, ids = model_and_tokenizer
+    codi = C.CODI(model, C.CODIConfig(num_latent=3))
+    with torch.no_grad():
+        for p in codi.prj.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        model.get_base_model().get_input_embeddings().weight[-2:] += 0.3  # trained-looking <bot>/<eot> rows
+    codi.eval()
+    batch = C.collate([C.encode(tokenizer, ex) for ex in math_examples()], ids["pad"], ids["bot"], ids["eot"])
+    before = codi.generate(batch["question_ids"], batch["question_mask"], ids["eot"], 8)
+    n_base = len(tokenizer) - 2 - (tokenizer.pad_token == C.PAD)
+    C.save(codi, tokenizer, tmp_path / "codi", tiny_base, {"test": True}, n_base)
+    loaded, tokenizer2, manifest = C.load(tmp_path / "codi", "cpu")
+    assert manifest["token_ids"] == ids and manifest["codi"]["num_latent"] == 3
+    assert tokenizer2.convert_tokens_to_ids([C.BOT, C.EOT]) == [ids["bot"], ids["eot"]]
+    after = loaded.generate(batch["question_ids"], batch["question_mask"], ids["eot"], 8)
+    assert after == before

@@ -243,13 +243,20 @@ def load_for_training(base_path: str | Path, device: str, quantization: str, lor
 
 
 def save_adapter(model, tokenizer, out_dir: str | Path, base_path: str | Path, method: str, template: str,
-                 quantization: str, params: dict, extra: dict | None = None, with_draft: bool = False) -> dict:
-    """Adapter weights + tokenizer + manifest, written to a staging folder then moved into place."""
+                 quantization: str, params: dict, extra: dict | None = None, with_draft: bool = False,
+                 extra_modules: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
+    """Adapter weights + tokenizer + manifest, written to a staging folder then moved into place.
+    `extra_modules`: named state dicts saved next to the adapter (<name>.safetensors), listed in the manifest."""
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     base_manifest = read_manifest(base_path)
     tmp = _staging_dir(out_dir)
-    model.save_pretrained(tmp, safe_serialization=True)
+    # Resized embeddings are saved as their new rows only (extra_modules), not as the whole matrix.
+    model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
     tokenizer.save_pretrained(tmp)
+    for name, state in (extra_modules or {}).items():
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
     adapter_config = json.loads((tmp / "adapter_config.json").read_text())
     manifest = {
         "kind": "adapter",
@@ -263,7 +270,7 @@ def save_adapter(model, tokenizer, out_dir: str | Path, base_path: str | Path, m
         "adapter": {k: adapter_config.get(k) for k in ("peft_type", "r", "lora_alpha", "lora_dropout", "target_modules")},
         "quantization": quantization,
         "prompt": {"template": template, "version": PROMPT_VERSION, "with_draft": with_draft},
-        "extra_modules": {},
+        "extra_modules": {name: f"{name}.safetensors" for name in extra_modules or {}},
         "params": params,
         "cotlab_version": __version__,
         **(extra or {}),

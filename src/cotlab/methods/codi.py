@@ -308,3 +308,59 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIRunCon
     if not math.isfinite(metrics["train_loss"]):
         raise TrainingDivergedError(f"CODI loss is {metrics['train_loss']}; no checkpoint was written")
     return metrics, curve
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _added_rows(model, n_base: int) -> dict[str, torch.Tensor]:
+    rows = {"input": model.get_input_embeddings().weight[n_base:]}
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+        rows["output"] = output.weight[n_base:]
+    return rows
+
+
+def save(codi: CODI, tokenizer, out_dir, base_path, params: dict, n_base_vocab: int, extra: dict | None = None):
+    """The adapter, the projection, the added tokens' embedding rows and the tokenizer, under one manifest that
+    records everything loading needs (so evaluation cannot rebuild a different model than was trained)."""
+    from dataclasses import asdict
+
+    from cotlab.models import save_adapter
+
+    return save_adapter(codi.lm, tokenizer, out_dir, base_path, "codi", "codi", "none", params,
+                        extra={"codi": asdict(codi.config), "n_base_vocab": n_base_vocab,
+                               "token_ids": {"bot": tokenizer.convert_tokens_to_ids(BOT),
+                                             "eot": tokenizer.convert_tokens_to_ids(EOT),
+                                             "pad": tokenizer.pad_token_id}, **(extra or {})},
+                        extra_modules={"projection": codi.prj.state_dict(),
+                                       "added_embeddings": _added_rows(codi.lm.get_base_model(), n_base_vocab)})
+
+
+def load(path, device: str = "auto") -> tuple[CODI, object, dict]:
+    """(CODI in eval mode, tokenizer, manifest), rebuilt from the checkpoint's manifest alone."""
+    from pathlib import Path
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from cotlab.models import ModelLoadError, _check_base, _load_base, load_tokenizer, read_manifest, resolve_device
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest.get("method") != "codi":
+        raise ModelLoadError(f"{path}: a {manifest.get('method')!r} checkpoint, not a CODI one")
+    base_path = (path / manifest["base_model"]["path"]).resolve()
+    model, base_manifest = _load_base(base_path, resolve_device(device))
+    _check_base(manifest, path, base_manifest)
+    tokenizer = load_tokenizer(path)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    rows = load_file(str(path / manifest["extra_modules"]["added_embeddings"]))
+    n_base = manifest["n_base_vocab"]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[n_base:] = rows["input"]
+        if "output" in rows:
+            model.get_output_embeddings().weight[n_base:] = rows["output"]
+    codi = CODI(PeftModel.from_pretrained(model, str(path)), CODIConfig(**manifest["codi"]))
+    codi.prj.load_state_dict(load_file(str(path / manifest["extra_modules"]["projection"])))
+    codi.to(next(model.parameters()).device).eval()
+    return codi, tokenizer, manifest
