@@ -36,7 +36,7 @@ def test_adapter_manifest_records_what_evaluation_needs(trained, tiny_base):
     manifest = read_manifest(trained)
     assert manifest["method"] == "sft" and manifest["quantization"] == "none"
     assert manifest["adapter"]["r"] == LORA["r"] and manifest["adapter"]["lora_alpha"] == LORA["alpha"]
-    assert manifest["prompt"] == {"template": "direct", "version": "1"}
+    assert manifest["prompt"] == {"template": "direct", "version": "1", "with_draft": False}
     assert manifest["base_model"]["fingerprint"] == read_manifest(tiny_base)["fingerprint"]
     assert (trained / "adapter_model.safetensors").is_file()
 
