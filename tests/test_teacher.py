@@ -185,6 +185,7 @@ def _stage_project(tmp_path: Path, server, n: int, concurrency: int) -> tuple[Pa
     yaml = YAML()
     params = yaml.load(root / "params.yaml")
     params.update({"scale": "tiny", "tasks": ["strategyqa"]})
+    params["dpo"]["tasks"] = ["strategyqa"]
     params["teacher"].update({"backend": "openai", "model": "test-model", "base_url": server.base_url,
                               "api_key_env": KEY_ENV, "concurrency": concurrency, "timeout_s": 5, "max_retries": 1})
     yaml.dump(params, root / "params.yaml")
