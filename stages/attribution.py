@@ -1,7 +1,10 @@
 """Stage attribution@<task>: how much of the answer rests on the student's draft, before DPO (Phase B) and after
 (Phase C): integrated gradients (captum) on the input embeddings, the share of attribution mass on draft tokens vs
-question tokens per test question, its mean with a 95% CI, and the write-up's criterion (>= 20% after DPO)."""
+question tokens per test question (and per token, which does not reward long drafts), means with 95% CIs, the
+median completeness error of IG, and the write-up's criterion (>= 20% of the mass after DPO)."""
 import random
+
+import numpy as np
 
 from cotlab import tracking
 from cotlab.data.schema import read_examples, write_json, write_jsonl
@@ -20,23 +23,28 @@ def main(params, task):
     with tracking.stage_run(f"attribution@{task}", mlflow_params(params), task=task):
         for when, method in (("before_dpo", "cot_distill"), ("after_dpo", "dpo")):
             model, tokenizer, _ = load_checkpoint(model_dir(method, task), params.model.device)
-            shares = []
-            for ex in sample:
-                a = draft_attribution(model, tokenizer, ex, drafts[ex.id], n_steps=params.attribution.n_steps)
-                shares.append(a.draft_share)
-                rows.append({"id": ex.id, "model": method, **vars(a)})
-            summary = mean_with_ci(shares)
-            metrics[when] = {"draft_share": summary["mean"], "draft_share_ci_low": summary["ci_low"],
-                             "draft_share_ci_high": summary["ci_high"], "n": summary["n"]}
+            results = [draft_attribution(model, tokenizer, ex, drafts[ex.id], n_steps=params.attribution.n_steps)
+                       for ex in sample]
+            rows += [{"id": ex.id, "model": method, **vars(a)} for ex, a in zip(sample, results)]
+            metrics[when] = {"n": len(results),
+                             "median_relative_delta": float(np.nanmedian([a.relative_delta for a in results]))}
+            for key in ("draft_share", "draft_share_per_token"):
+                summary = mean_with_ci([getattr(a, key) for a in results])
+                metrics[when].update({key: summary["mean"], f"{key}_ci_low": summary["ci_low"],
+                                      f"{key}_ci_high": summary["ci_high"]})
         criterion = params.attribution.criterion
         metrics["criterion"] = criterion
         metrics["criterion_met"] = metrics["after_dpo"]["draft_share"] >= criterion
-        metrics["change"] = metrics["after_dpo"]["draft_share"] - metrics["before_dpo"]["draft_share"]
+        for key in ("draft_share", "draft_share_per_token"):
+            metrics[f"change.{key}"] = metrics["after_dpo"][key] - metrics["before_dpo"][key]
         write_jsonl(f"attribution/{task}/scores.jsonl", rows)
         write_json(f"metrics/attribution/{task}.json", metrics)
         tracking.log_metrics({f"{w}.{k}": v for w, m in metrics.items() if isinstance(m, dict) for k, v in m.items()})
-    print(f"attribution@{task}: draft share {metrics['before_dpo']['draft_share']:.3f} before DPO, "
-          f"{metrics['after_dpo']['draft_share']:.3f} after; criterion >= {criterion}: {metrics['criterion_met']}")
+    before, after = metrics["before_dpo"], metrics["after_dpo"]
+    print(f"attribution@{task}: draft share {before['draft_share']:.3f} before DPO, {after['draft_share']:.3f} after "
+          f"(per token {before['draft_share_per_token']:.3f} -> {after['draft_share_per_token']:.3f}); "
+          f"criterion >= {criterion}: {metrics['criterion_met']}; median IG relative error "
+          f"{before['median_relative_delta']:.2f} / {after['median_relative_delta']:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from cotlab import tracking
 from cotlab.data.schema import write_json
-from cotlab.evaluation.compare import compare, load_predictions, markdown, write_accuracy_plot
+from cotlab.evaluation.compare import compare, compare_pairs, load_predictions, markdown, write_accuracy_plot
 from cotlab.stage import mlflow_params, stage_main
 
 
@@ -11,11 +11,12 @@ from cotlab.stage import mlflow_params, stage_main
 def main(params):
     cfg = params.compare
     with tracking.stage_run("compare", mlflow_params(params)):
-        result = compare(load_predictions("eval", params.tasks), cfg.reference, cfg.bootstrap_resamples, cfg.confidence,
-                         params.seed, cfg.ablations)
-        write_json("metrics/compare.json", result)
+        table = load_predictions("eval", list(dict.fromkeys(params.tasks + params.codi.tasks)))
+        result = compare(table, cfg.reference, cfg.bootstrap_resamples, cfg.confidence, params.seed, cfg.ablations)
+        pairs = compare_pairs(table, cfg.pairs, cfg.bootstrap_resamples, cfg.confidence, params.seed)
+        write_json("metrics/compare.json", {**result, "pairs": pairs})
         Path("reports").mkdir(exist_ok=True)
-        report = markdown(result, cfg.reference)
+        report = markdown(result, cfg.reference, pairs)
         Path("reports/compare.md").write_text(report)
         write_accuracy_plot(result, "plots/compare/accuracy.csv")
         tracking.log_metrics({f"{t}.{m}.{k}": v for t, ms in result.items() for m, r in ms.items() for k, v in r.items()})

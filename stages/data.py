@@ -1,4 +1,5 @@
-"""Stage data@<task>: train/test splits of one task in the example schema, and their sizes and class shares."""
+"""Stage data@<task> (and codi_data@<task>): train/test splits of one task in the example schema, and their sizes and
+class shares. An optional second argument names the group folder: data/<group>/<task> (default: tasks)."""
 from collections import Counter
 
 from cotlab import tracking
@@ -8,19 +9,21 @@ from cotlab.stage import data_dir, mlflow_params, stage_main
 
 
 @stage_main("data")
-def main(params, task):
+def main(params, task, group="tasks"):
     sizes = params.sizes
+    out = data_dir(task) if group == "tasks" else f"data/{group}/{task}"
+    metrics_path = f"metrics/data/{task}.json" if group == "tasks" else f"metrics/data/{group}/{task}.json"
     with tracking.stage_run(f"data@{task}", mlflow_params(params), task=task):
         splits = load_task(task, params.task_specs[task], sizes.n_train, sizes.n_test, params.seed)
         metrics = {}
         for split, examples in splits.items():
-            write_jsonl(f"{data_dir(task)}/{split}.jsonl", examples)
+            write_jsonl(f"{out}/{split}.jsonl", examples)
             metrics[f"n_{split}"] = len(examples)
             counts = Counter(ex.answer for ex in examples)
             if examples[0].answer_type in ("yes_no", "choice"):
                 for answer, count in sorted(counts.items()):
                     metrics[f"{split}_share.{answer}"] = round(count / len(examples), 4)
-        write_json(f"metrics/data/{task}.json", metrics)
+        write_json(metrics_path, metrics)
         tracking.log_metrics(metrics)
     print(f"data@{task}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
 

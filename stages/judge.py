@@ -1,6 +1,8 @@
 """Stage judge@<task>: an LLM judge compares the clarifying questions of the challenger (judge.challenger, Phase C
 by default) with the base student's, question by question, in a seeded random order; the win rate with a Wilson
 95% CI. The judge is any teacher backend (`local` runs offline); prompts and raw verdicts are kept."""
+import sys
+
 from cotlab import tracking
 from cotlab.data.schema import read_examples, read_jsonl, write_json, write_jsonl
 from cotlab.models import load_checkpoint
@@ -34,6 +36,14 @@ def main(params, task):
             for p, r, v in zip(pairs, responses, verdicts)])
         write_json(f"metrics/judge/{task}.json", metrics)
         tracking.log_metrics(metrics)
+    if not pairs:
+        # Not an error: a student that writes no questions is a finding. But a NaN win rate must not pass unseen.
+        print(f"judge@{task}: WARNING nothing to compare: questions in {metrics['challenger_question_rate']:.0%} of "
+              f"the challenger's drafts and {metrics['incumbent_question_rate']:.0%} of the base student's "
+              f"(data/drafts/{task}/test.jsonl); the win rate is undefined. Longer drafts "
+              f"(drafts.max_new_tokens, now {params.drafts.max_new_tokens}) may reach the Questions line.",
+              file=sys.stderr)
+        return
     print(f"judge@{task}: {cfg.challenger} wins {metrics['challenger_wins']}/{metrics['n_decided']} "
           f"({metrics['win_rate']:.3f} [{metrics['win_rate_ci_low']:.3f}, {metrics['win_rate_ci_high']:.3f}]), "
           f"{metrics['undecided']} undecided of {metrics['n_compared']}")

@@ -1,14 +1,16 @@
-"""Stage <method>@<task> for method in {sft, cot_distill}: a LoRA adapter under models/<method>/<task>/, trained on
-the filtered teacher data (data/filtered/<task>: gold answers, teacher reasoning, rebalance weights)."""
+"""Stage <method>@<task> for method in {sft, cot_distill, cot_sft}: a LoRA adapter under models/<method>/<task>/.
+sft and cot_distill (Phase A, B) train on the filtered teacher data (data/filtered/<task>: gold answers, teacher
+reasoning, rebalance weights); cot_sft, the CoT-SFT baseline of CODI, on CODI's own data (data/codi/<task>, the
+dataset's reasoning), from the base model."""
 from dataclasses import asdict
 
 from cotlab import tracking
 from cotlab.data.schema import read_examples, write_json
 from cotlab.methods import cot_distill, sft
 from cotlab.models import load_for_training, resolve_device, save_adapter
-from cotlab.stage import BASE_MODEL, filtered_dir, mlflow_params, model_dir, stage_main, template_for
+from cotlab.stage import BASE_MODEL, codi_data_dir, filtered_dir, mlflow_params, model_dir, stage_main, template_for
 
-TRAINERS = {"sft": sft.train, "cot_distill": cot_distill.train}
+TRAINERS = {"sft": sft.train, "cot_distill": cot_distill.train, "cot_sft": cot_distill.train}
 
 
 @stage_main("train")
@@ -22,7 +24,7 @@ def main(params, method, task):
         padding_free=cfg.padding_free, gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps, seed=params.seed,
     )
-    examples = read_examples(f"{filtered_dir(task)}/train.jsonl")
+    examples = read_examples(f"{codi_data_dir(task) if method == 'cot_sft' else filtered_dir(task)}/train.jsonl")
     with tracking.stage_run(f"{method}@{task}", mlflow_params(params), method=method, task=task):
         model, tokenizer, _ = load_for_training(BASE_MODEL, resolve_device(params.model.device), cfg.quantization,
                                                 asdict(cfg.lora), init_from)

@@ -22,6 +22,8 @@ def test_spans_cover_the_draft_and_the_question(model, examples):
     assert abs(result.n_draft_tokens - n_draft) <= 1
     assert result.n_question_tokens >= len(ex.question.split()) // 2
     assert 0 < result.draft_share < 1 and result.draft_mass > 0 and result.question_mass > 0
+    per_draft, per_question = result.draft_mass / result.n_draft_tokens, result.question_mass / result.n_question_tokens
+    assert result.draft_share_per_token == pytest.approx(per_draft / (per_draft + per_question))
 
 
 def test_integrated_gradients_are_complete(model, examples):
@@ -31,6 +33,7 @@ def test_integrated_gradients_are_complete(model, examples):
     coarse = draft_attribution(model, tokenizer, ex, "Answer: No - because.", n_steps=4)
     fine = draft_attribution(model, tokenizer, ex, "Answer: No - because.", n_steps=64)
     assert fine.convergence_delta < coarse.convergence_delta or fine.convergence_delta < 1e-3
+    assert fine.relative_delta < coarse.relative_delta or fine.relative_delta < 0.05
     assert fine.draft_share == pytest.approx(coarse.draft_share, abs=0.2)
 
 

@@ -152,3 +152,21 @@ def test_save_load_reproduces_the_predictions(model_and_tokenizer, tiny_base, tm
     assert tokenizer2.convert_tokens_to_ids([C.BOT, C.EOT]) == [ids["bot"], ids["eot"]]
     after = loaded.generate(batch["question_ids"], batch["question_mask"], ids["eot"], 8)
     assert after == before
+    # The evaluation path (question batches of another size, decoding) gives the same answers as in memory.
+    evaluated = C.predict(loaded, tokenizer2, math_examples(), manifest["token_ids"], 8, batch_size=2)
+    assert [g.text for g in evaluated] == [tokenizer.decode(ids_, skip_special_tokens=True) for ids_ in before]
+
+
+def test_probe_reads_each_thought_through_the_lm_head(model_and_tokenizer):
+    model, tokenizer, ids = model_and_tokenizer
+    codi = C.CODI(model, C.CODIConfig(num_latent=3, inf_latent_iterations=4)).eval()
+    ex = math_examples(1)[0]
+    thoughts = C.probe(codi, tokenizer, ex, ids, top_k=5)
+    assert [t["thought"] for t in thoughts] == [1, 2, 3, 4]
+    assert all(len(t["tokens"]) == 5 and t["probs"] == sorted(t["probs"], reverse=True) for t in thoughts)
+    # Thought 1 is projected from the state at <bot>: the LM's own next-token distribution after the question.
+    question = torch.tensor([C.encode_question(tokenizer, ex) + [ids["bot"]]])
+    with torch.no_grad():
+        logits = model(input_ids=question).logits[0, -1]
+    assert thoughts[0]["tokens"][0] == tokenizer.decode([int(logits.argmax())])
+    assert thoughts[0]["probs"][0] == pytest.approx(float(torch.softmax(logits, -1).max()), abs=1e-4)

@@ -36,6 +36,7 @@ def repo(tmp_path_factory):
     params["tasks"] = ["strategyqa"]
     params["dpo"]["tasks"] = ["strategyqa"]
     params["dpo"]["rounds"] = {"round1": {"start": "dpo"}}
+    params["codi"]["tasks"] = ["personal_relations", "personal_relations_no_universe"]  # gsm8k's pairs: not evaluated
     yaml.dump(params, root / "params.yaml")
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
@@ -69,6 +70,41 @@ def test_whole_dag_at_tiny_scale(repo):
             "candidates", "sft@strategyqa", "cot_distill@strategyqa", "pairs@strategyqa", "dpo@strategyqa",
             "evaluate@dpo-strategyqa", "attribution@strategyqa", "judge@strategyqa", "self_guided@round1-strategyqa",
             "compare"} <= stages
+
+
+def test_codi_stages_train_evaluate_latently_probe_and_pair_with_and_without_the_universe(repo):
+    root = repo["root"]
+    read = lambda rel: [json.loads(line) for line in (root / rel).read_text().splitlines()]  # noqa: E731
+    manifest = json.loads((root / "models/codi/personal_relations/manifest.json").read_text())
+    assert manifest["method"] == "codi" and set(manifest["token_ids"]) == {"bot", "eot", "pad"}
+    assert set(manifest["extra_modules"]) == {"projection", "added_embeddings"}
+    curve = (root / "plots/train/codi/personal_relations.csv").read_text().splitlines()
+    header = curve[0].split(",")
+    assert {"loss", "ce_student", "ce_teacher", "distill", "latent_norm"} <= set(header)
+    assert all(math.isfinite(float(v)) for row in curve[1:] for v in row.split(",")[2:])
+    with_universe, without = read("eval/codi/personal_relations/predictions.jsonl"), read(
+        "eval/codi/personal_relations_no_universe/predictions.jsonl")
+    assert [p["id"] for p in with_universe] == [p["id"] for p in without] and len(without) == 12
+    # The same questions: only the universe's facts differ between the two prompts.
+    assert all(a["gold"] == b["gold"] for a, b in zip(with_universe, without))
+    assert all(p["n_new_tokens"] <= 16 and "<bot>" in p["prompt"] for p in with_universe)
+    for name in ("cot_sft", "base_fewshot_cot"):
+        assert len(read(f"eval/{name}/personal_relations/predictions.jsonl")) == 12
+    pairs = json.loads((root / "metrics/compare.json").read_text())["pairs"]
+    universe = pairs["codi@personal_relations vs codi@personal_relations_no_universe"]
+    assert universe["n"] == 12 and 0 <= universe["mcnemar_p"] <= 1
+    assert pairs["codi@personal_relations vs cot_sft@personal_relations"]["n"] == 12
+    assert pairs["codi@gsm8k vs cot_sft@gsm8k"] == {"missing": ["codi@gsm8k", "cot_sft@gsm8k"]}
+    report = (root / "reports/compare.md").read_text()
+    assert "## Paired comparisons" in report and "not evaluated: codi@gsm8k" in report
+    probe = read("reports/codi_probe/personal_relations/probe.jsonl")
+    assert len(probe) == 8 and all(len(row["thoughts"]) == 6 for row in probe)
+    assert all(len(t["tokens"]) == 5 and t["probs"] == sorted(t["probs"], reverse=True)
+               for row in probe for t in row["thoughts"])
+    assert "| 6 |" in (root / "reports/codi_probe/personal_relations/probe.md").read_text()
+    stages = {r.data.tags["stage"] for r in runs(root)}
+    assert {"codi@personal_relations", "cot_sft@personal_relations", "eval_codi@personal_relations_no_universe",
+            "data@personal_relations"} <= stages
 
 
 def test_phase_c_and_its_validations(repo):
@@ -105,6 +141,7 @@ def test_phase_c_and_its_validations(repo):
     attribution = json.loads((root / "metrics/attribution/strategyqa.json").read_text())
     for when in ("before_dpo", "after_dpo"):
         assert attribution[when]["n"] == 3 and 0 <= attribution[when]["draft_share"] <= 1
+        assert 0 <= attribution[when]["draft_share_per_token"] <= 1 and attribution[when]["median_relative_delta"] >= 0
     assert attribution["criterion_met"] == (attribution["after_dpo"]["draft_share"] >= 0.2)
     assert len(read("attribution/strategyqa/scores.jsonl")) == 6
     judge = json.loads((root / "metrics/judge/strategyqa.json").read_text())

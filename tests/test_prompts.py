@@ -36,3 +36,19 @@ def test_cot_target_holds_the_reasoning_and_few_shot_turns_precede_the_question(
     assert prompt.index(shots[0].question) < prompt.index(shots[1].question) < prompt.index(ex.question)
     assert prompt.endswith("<|im_start|>assistant\n")
     assert prompt.count("The answer is: ") == 2 * 2 + 1  # each exemplar: instruction + answer; then the question
+
+
+@pytest.mark.parametrize("task", ["strategyqa", "gsm8k", "aqua", "personal_relations", "syllogism"])
+def test_the_draft_prompt_shows_one_exemplar_of_the_same_answer_type_in_the_draft_format(task):
+    """The exemplar turn is itself a well-formed draft (answer, reason, two questions) of the task's answer type,
+    and the last turn asks about the task's own question."""
+    from cotlab.formats import parse_draft
+    from cotlab.prompts import draft_messages
+
+    example = load_task(task, dict(TASKS)[task], 2, 1, seed=0)["test"][0]
+    user_shot, assistant_shot, user = draft_messages(example)
+    assert [m["role"] for m in (user_shot, assistant_shot, user)] == ["user", "assistant", "user"]
+    shot = parse_draft(assistant_shot["content"], example.answer_type)
+    assert shot.ok and shot.reason and len(shot.questions) == 2
+    assert example.question in user["content"] and example.question not in user_shot["content"]
+    assert user["content"].split("\n")[-3:] == user_shot["content"].split("\n")[-3:]

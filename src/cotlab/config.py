@@ -82,6 +82,15 @@ class CompareConfig:
     # ablation -> the model it is paired against (same test questions)
     ablations: dict[str, str] = field(default_factory=lambda: {
         "dpo_no_draft": "dpo", "dpo_shuffled_draft": "dpo", "dpo_no_cot": "dpo"})
+    # "model@task vs model@task": paired on the same question ids, across tasks too (e.g. the same questions with
+    # and without the universe in the prompt)
+    pairs: list[str] = field(default_factory=lambda: [
+        "codi@personal_relations vs codi@personal_relations_no_universe",
+        "codi@personal_relations vs cot_sft@personal_relations",
+        "codi@personal_relations_no_universe vs cot_sft@personal_relations_no_universe",
+        "codi@personal_relations vs base_fewshot_cot@personal_relations",
+        "codi@gsm8k vs cot_sft@gsm8k",
+        "codi@gsm8k vs base_fewshot_cot@gsm8k"])
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
 
@@ -176,6 +185,38 @@ class JudgeConfig(TeacherConfig):
 
 
 @dataclass
+class CODIParams:
+    """CODI (continuous thoughts by self-distillation) and its comparisons, on tasks of their own. Defaults are the
+    reference recipe's (docs/codi_reference_notes.md) except where the embedded scale needs otherwise."""
+
+    tasks: list[str] = field(default_factory=lambda: ["personal_relations", "personal_relations_no_universe", "gsm8k"])
+    num_latent: int = 6
+    inf_latent_iterations: int = 6
+    use_prj: bool = True
+    prj_dim: int | None = None  # None = the model width (the reference: 2048 for a 1B model, the width for GPT-2)
+    prj_dropout: float = 0.0
+    prj_no_ln: bool = False
+    distill_loss_factor: float = 20.0
+    ref_loss_factor: float = 1.0
+    distill_loss_type: Literal["smooth_l1", "mse"] = "smooth_l1"
+    distill_loss_div_std: bool = True
+    lr: float = 8.0e-4
+    epochs: float | None = None  # None = the scale's epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.1
+    max_grad_norm: float = 2.0
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    logging_steps: int = 2
+    bf16: bool = True  # only where supported (CUDA); fp32 on CPU
+    lora: LoraParams = field(default_factory=lambda: LoraParams(r=128, alpha=32, dropout=0.0))
+    max_new_tokens: int = 16  # after <eot>: "The answer is: X"
+    probe_questions: int = 8  # codi_probe: test questions whose thoughts are decoded
+    probe_top_k: int = 5
+
+
+@dataclass
 class Params:
     lr: float
     seed: int
@@ -193,6 +234,8 @@ class Params:
     dpo: DPOParams = field(default_factory=DPOParams)
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    codi: CODIParams = field(default_factory=CODIParams)
+    cot_sft: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
@@ -201,8 +244,8 @@ class Params:
         return self.scales[self.scale]
 
     def train_config(self, method: str) -> TrainConfig:
-        if method not in ("sft", "cot_distill"):
-            raise ConfigError(f"unknown training method {method!r}; expected 'sft' or 'cot_distill'")
+        if method not in ("sft", "cot_distill", "cot_sft"):
+            raise ConfigError(f"unknown training method {method!r}; expected sft, cot_distill or cot_sft")
         return getattr(self, method)
 
     def learning_rate(self, method: str) -> float:
@@ -249,6 +292,14 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "n_pairs": (lambda v: v is None or v >= 1, ">= 1 or null"),
     "n_attribution": (lambda v: v >= 1, ">= 1"),
     "n_steps": (lambda v: v >= 2, ">= 2"),
+    "prj_dim": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "prj_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "distill_loss_factor": (lambda v: v >= 0, ">= 0"),
+    "ref_loss_factor": (lambda v: v >= 0, ">= 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "max_grad_norm": (lambda v: v > 0, "> 0"),
+    "probe_questions": (lambda v: v >= 1, ">= 1"),
+    "probe_top_k": (lambda v: v >= 1, ">= 1"),
 }
 
 
@@ -354,6 +405,15 @@ def parse_params(data: dict[str, Any]) -> Params:
         earlier = ["dpo", *list(params.dpo.rounds)[: list(params.dpo.rounds).index(name)]]
         if round_.start not in earlier:
             raise ConfigError(f"dpo.rounds.{name}.start: {round_.start!r} is not dpo or an earlier round ({earlier})")
+    for i, pair in enumerate(params.compare.pairs):
+        if not re.fullmatch(r"[\w.-]+@[\w.-]+ vs [\w.-]+@[\w.-]+", pair):
+            raise ConfigError(f"compare.pairs[{i}]: {pair!r} is not 'model@task vs model@task'")
+    for name in params.codi.tasks:
+        if name not in params.task_specs:
+            raise ConfigError(f"codi.tasks: {name!r} has no entry under task_specs (defined: {sorted(params.task_specs)})")
+    for key in ("num_latent", "inf_latent_iterations"):
+        if getattr(params.codi, key) < 1:
+            raise ConfigError(f"codi.{key}: {getattr(params.codi, key)!r} is out of range (expected >= 1)")
     if params.judge.backend == "oracle":
         raise ConfigError("judge.backend: 'oracle' cannot judge; use local or openai")
     for name in ("tiny", "demo", "full"):

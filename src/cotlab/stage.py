@@ -21,6 +21,10 @@ def data_dir(task: str) -> str:
     return f"data/tasks/{task}"
 
 
+def codi_data_dir(task: str) -> str:
+    return f"data/codi/{task}"
+
+
 def drafts_dir(task: str) -> str:
     return f"data/drafts/{task}"
 

@@ -67,11 +67,35 @@ def compare(table: dict[str, dict[str, list[dict]]], reference: str, n_resamples
     return result
 
 
+def parse_pair(pair: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """"codi@personal_relations vs cot_sft@personal_relations" -> ((codi, personal_relations), (cot_sft, ...))."""
+    left, right = (side.strip().split("@") for side in pair.split(" vs "))
+    return (left[0], left[1]), (right[0], right[1])
+
+
+def compare_pairs(table: dict[str, dict[str, list[dict]]], pairs: list[str], n_resamples: int, confidence: float,
+                  seed: int) -> dict[str, dict]:
+    """Each "model@task vs model@task" on the question ids both share (they must share all of them); a pair whose
+    predictions are absent is reported as missing rather than dropped without a word."""
+    out = {}
+    for pair in pairs:
+        (model, task), (against, against_task) = parse_pair(pair)
+        preds, ref = table.get(task, {}).get(model), table.get(against_task, {}).get(against)
+        if preds is None or ref is None:
+            out[pair] = {"missing": [f"{m}@{t}" for m, t, p in ((model, task, preds), (against, against_task, ref))
+                                     if p is None]}
+            continue
+        d = paired(f"{task} / {against_task}", model, preds, against, ref, n_resamples, confidence, seed)
+        out[pair] = {"n": len(preds), "accuracy": summarize(preds)["accuracy"],
+                     "against_accuracy": summarize(ref)["accuracy"], **d}
+    return out
+
+
 def _fmt_pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def markdown(result: dict, reference: str) -> str:
+def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None) -> str:
     lines = [
         "# Comparison",
         "",
@@ -106,6 +130,19 @@ def markdown(result: dict, reference: str) -> str:
                          f"{_fmt_pct(full['accuracy'])} | {100 * r['diff_vs_full']:+.1f} | "
                          f"[{100 * r['diff_vs_full_ci_low']:+.1f}, {100 * r['diff_vs_full_ci_high']:+.1f}] | "
                          f"{r['mcnemar_p_vs_full']:.3g} |")
+    if pairs:
+        lines += ["", "## Paired comparisons", "",
+                  "Each `model@task` against another on the same question ids (paired bootstrap interval, McNemar "
+                  "exact p).", "",
+                  "| comparison | n | accuracy % | against % | diff (pp) | diff 95% CI | McNemar p |",
+                  "|---|---|---|---|---|---|---|"]
+        for pair, r in pairs.items():
+            if "missing" in r:
+                lines.append(f"| {pair} | - | - | - | - | - | not evaluated: {', '.join(r['missing'])} |")
+                continue
+            lines.append(f"| {pair} | {r['n']} | {_fmt_pct(r['accuracy'])} | {_fmt_pct(r['against_accuracy'])} | "
+                         f"{100 * r['diff']:+.1f} | [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | "
+                         f"{r['mcnemar_p']:.3g} |")
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,11 @@ def evaluate(model, tokenizer, examples: Sequence[Example], template: str, max_n
     prompts = [render_prompt(tokenizer, ex, template, shots, draft=None if drafts is None else drafts[i]) + prefill
                for i, ex in enumerate(examples)]
     generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return score(examples, prompts, generations, prefill)
+
+
+def score(examples: Sequence[Example], prompts: Sequence[str], generations, prefill: str = "") -> tuple[list[dict], dict]:
+    """Extract and score each generation (any object with text, truncated, n_new_tokens); every row is kept."""
     predictions = []
     for ex, prompt, gen in zip(examples, prompts, generations):
         output = prefill + gen.text

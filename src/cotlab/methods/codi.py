@@ -90,9 +90,13 @@ class CODIExample:
         return self.value_index
 
 
+def encode_question(tokenizer, example: Example) -> list[int]:
+    return tokenizer(question_block(example) + "\n", add_special_tokens=True)["input_ids"]
+
+
 def encode(tokenizer, example: Example) -> CODIExample:
     """Question, CoT and answer tokenised apart (no merges across the boundaries, as in the reference)."""
-    question = tokenizer(question_block(example) + "\n", add_special_tokens=True)["input_ids"]
+    question = encode_question(tokenizer, example)
     cot = tokenizer(example.reasoning.strip() + "\n", add_special_tokens=False)["input_ids"]
     answer, value_index = answer_ids(tokenizer, example)
     return CODIExample(question, cot, answer + [tokenizer.eos_token_id], value_index)
@@ -156,15 +160,18 @@ class CODI(nn.Module):
         self.prj = (Projection(width, config.prj_dim or width, config.prj_dropout, not config.prj_no_ln)
                     if config.use_prj else nn.Identity())
 
-    def think(self, question_ids, question_mask, num_latent: int):
+    def think(self, question_ids, question_mask, num_latent: int, record: list | None = None):
         """Encode question + <bot>, then `num_latent` continuous thoughts on the KV cache: 1 + num_latent calls.
-        Returns (past_key_values, attention mask so far, next position id, mean norm of the thoughts)."""
+        Returns (past_key_values, attention mask so far, next position id, mean norm of the thoughts).
+        `record`, when given, receives the last-layer state each thought is projected from (before projection)."""
         positions = (question_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.lm(input_ids=question_ids, attention_mask=question_mask, position_ids=positions,
                       use_cache=True, output_hidden_states=True)
         past, mask, next_position = out.past_key_values, question_mask, positions[:, -1:] + 1
         norms = []
         for _ in range(num_latent):
+            if record is not None:
+                record.append(out.hidden_states[-1][:, -1].detach())
             latent = self.prj(out.hidden_states[-1][:, -1:])
             norms.append(latent.detach().float().norm(dim=-1).mean())
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
@@ -224,6 +231,52 @@ class CODI(nn.Module):
             if all(done):
                 break
         return generated
+
+
+def question_batch(tokenizer, examples: Sequence[Example], token_ids: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Question + <bot>, left-padded: what latent inference starts from (the student's prefix in training)."""
+    rows = [encode_question(tokenizer, ex) + [token_ids["bot"]] for ex in examples]
+    return {"question_ids": _pad(rows, token_ids["pad"], left=True),
+            "question_mask": _pad([[1] * len(r) for r in rows], 0, left=True)}
+
+
+@dataclass
+class LatentGeneration:
+    text: str
+    truncated: bool
+    n_new_tokens: int
+
+
+def predict(codi: "CODI", tokenizer, examples: Sequence[Example], token_ids: dict[str, int], max_new_tokens: int,
+            batch_size: int) -> list[LatentGeneration]:
+    """Latent inference for each example (K = inf_latent_iterations thoughts, then greedy decoding after <eot>)."""
+    device = next(codi.parameters()).device
+    out: list[LatentGeneration] = []
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in question_batch(tokenizer, examples[start:start + batch_size],
+                                                              token_ids).items()}
+        for ids in codi.generate(batch["question_ids"], batch["question_mask"], token_ids["eot"], max_new_tokens):
+            out.append(LatentGeneration(tokenizer.decode(ids, skip_special_tokens=True),
+                                        truncated=len(ids) >= max_new_tokens, n_new_tokens=len(ids)))
+    return out
+
+
+@torch.no_grad()
+def probe(codi: "CODI", tokenizer, example: Example, token_ids: dict[str, int], top_k: int) -> list[dict]:
+    """What each continuous thought carries: the state it is projected from, read through the LM head (the model's
+    own next-token readout at that position), as the top-k tokens and their probabilities."""
+    device = next(codi.parameters()).device
+    batch = {k: v.to(device) for k, v in question_batch(tokenizer, [example], token_ids).items()}
+    states: list[torch.Tensor] = []
+    codi.think(batch["question_ids"], batch["question_mask"], codi.config.inf_latent_iterations, record=states)
+    head = codi.lm.get_output_embeddings()
+    thoughts = []
+    for k, state in enumerate(states, start=1):
+        probs = torch.softmax(head(state).float(), dim=-1)[0]
+        top = probs.topk(top_k)
+        thoughts.append({"thought": k, "tokens": [tokenizer.decode([i]) for i in top.indices.tolist()],
+                         "probs": [round(p, 4) for p in top.values.tolist()]})
+    return thoughts
 
 
 # ---------------------------------------------------------------- training
