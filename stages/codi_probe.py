@@ -18,7 +18,7 @@ def main(params, task):
     answers = codi.predict(model, tokenizer, sample, manifest["token_ids"], cfg.max_new_tokens, len(sample))
     rows, lines = [], [f"# CODI probe: {task}", "",
                        f"Each continuous thought's source state read through the LM head (top {cfg.probe_top_k} "
-                       f"tokens, probability), {model.config.inf_latent_iterations} thoughts per question.", ""]
+                       f"tokens, probability), {model.codi_config.inf_latent_iterations} thoughts per question.", ""]
     for ex, answer in zip(sample, answers):
         thoughts = codi.probe(model, tokenizer, ex, manifest["token_ids"], cfg.probe_top_k)
         decoded = answer.text

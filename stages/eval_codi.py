@@ -30,7 +30,7 @@ def main(params, task):
         model, tokenizer, manifest = codi.load(model_dir("codi", task), params.model.device)
         generations = codi.predict(model, tokenizer, test, manifest["token_ids"], params.codi.max_new_tokens,
                                    batch_size)
-        shown = [f"{question_block(ex)}\n<bot>[{model.config.inf_latent_iterations} thoughts]<eot>" for ex in test]
+        shown = [f"{question_block(ex)}\n<bot>[{model.codi_config.inf_latent_iterations} thoughts]<eot>" for ex in test]
         predictions, metrics = score(test, shown, generations)
         metrics["mean_new_tokens"] = sum(g.n_new_tokens for g in generations) / max(len(generations), 1)
         record("codi", task, predictions, metrics)

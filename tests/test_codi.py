@@ -128,7 +128,7 @@ def test_training_changes_lora_and_projection(model_and_tokenizer):
     codi = C.CODI(model, C.CODIConfig(num_latent=2))
     before = {n: p.detach().clone() for n, p in codi.named_parameters() if p.requires_grad}
     metrics, curve = C.train(codi, tokenizer, math_examples(4), C.CODIRunConfig(
-        codi=codi.config, epochs=1, batch_size=2, lr=1e-3, warmup_ratio=0.0), ids)
+        codi=codi.codi_config, epochs=1, batch_size=2, lr=1e-3, warmup_ratio=0.0), ids)
     assert metrics["train_steps"] == 2 and math.isfinite(metrics["train_loss"])
     assert all(set(C.LOGGED) <= set(row) for row in curve)
     after = dict(codi.named_parameters())
@@ -170,3 +170,24 @@ def test_probe_reads_each_thought_through_the_lm_head(model_and_tokenizer):
         logits = model(input_ids=question).logits[0, -1]
     assert thoughts[0]["tokens"][0] == tokenizer.decode([int(logits.argmax())])
     assert thoughts[0]["probs"][0] == pytest.approx(float(torch.softmax(logits, -1).max()), abs=1e-4)
+
+
+def test_targets_come_from_a_clean_pass_only_when_dropout_is_active(tiny_base):
+    """Without dropout the CE pass's states, detached, are the targets (one teacher pass saved); with LoRA dropout
+    in training a separate no-grad pass keeps the dropout noise out of the targets."""
+    from cotlab.models import load_for_training
+
+    for dropout, expected in ((0.0, False), (0.1, True)):
+        model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", {**LORA, "dropout": dropout}, None)
+        ids = C.add_codi_tokens(model, tokenizer)
+        codi = C.CODI(model, C.CODIConfig(num_latent=2)).train()
+        assert codi._dropout_active() is expected
+        calls = []
+        hook = model.get_base_model().register_forward_pre_hook(lambda *a: calls.append(1))
+        batch = C.collate([C.encode(tokenizer, ex) for ex in math_examples(2)], ids["pad"], ids["bot"], ids["eot"])
+        try:
+            codi.losses(batch)["loss"].backward()
+        finally:
+            hook.remove()
+        assert len(calls) == (1 if expected else 0) + 1 + (1 + 2) + 1  # [clean pass] + CE pass + think + answer
+        assert not codi.eval()._dropout_active()

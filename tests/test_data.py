@@ -6,7 +6,7 @@ import pytest
 from cotlab.config import ConfigError
 from cotlab.data import personal_relations
 from cotlab.data.schema import ANSWER_TYPES, DataError
-from cotlab.data.sources import (arc_row, gsm8k_row, load_task, mathqa_row, mmlu_row, normalize_number,
+from cotlab.data.sources import (arc_row, gsm8k_aug_row, gsm8k_row, load_task, mathqa_row, mmlu_row, normalize_number,
                                  normalize_question, strategyqa_row, svamp_row, aqua_row)
 
 VENDORED = ["gsm8k", "strategyqa", "svamp", "aqua"]
@@ -169,6 +169,8 @@ def test_hub_offline_raises_dataerror(monkeypatch):
 def test_hub_row_mappers():
     ex = gsm8k_row({"question": "Q?", "answer": "a <<2*3=6>>6 then 1,000\n#### 1,000"}, "x")
     assert (ex.answer, ex.reasoning) == ("1000", "a 6 then 1,000")
+    ex = gsm8k_aug_row({"question": "Q?", "cot": "<<600*30/100=180>> <<600*10/100=60>>", "answer": "1,080"}, "x")
+    assert (ex.answer, ex.reasoning, ex.answer_type) == ("1080", "600*30/100=180 600*10/100=60", "number")
     ex = strategyqa_row({"qid": "1", "question": "Is it?", "answer": False, "facts": "Fact one",
                          "decomposition": ["Step one?"]}, "x")
     assert ex.answer == "no" and "Fact one." in ex.reasoning and "1. Step one?" in ex.reasoning

@@ -95,6 +95,14 @@ def gsm8k_row(row: dict, ex_id: str) -> Example:
                    metadata={"source": "gsm8k", "solution": solution.strip()})
 
 
+def gsm8k_aug_row(row: dict, ex_id: str) -> Example:
+    """zen-E/GSM8k-Aug (CODI's training data): the CoT is calculator steps only ("<<600*30/100=180>> <<...>>")."""
+    steps = re.findall(r"<<([^>]*)>>", row["cot"])
+    return Example(id=ex_id, question=row["question"].strip(), answer=_number_answer(row["answer"], ex_id),
+                   answer_type="number", reasoning=" ".join(steps) if steps else row["cot"].strip(),
+                   metadata={"source": "gsm8k_aug", "solution": row["cot"].strip()})
+
+
 def _as_list(value: Any) -> list[str]:
     if isinstance(value, str):
         try:
@@ -157,6 +165,7 @@ def mathqa_row(row: dict, ex_id: str) -> Example:
 # hub name -> (hub id, default subset, default {split: hub split} (test None = seeded split), mapper)
 HUB = {
     "gsm8k": ("openai/gsm8k", "main", {"train": "train", "test": "test"}, gsm8k_row),
+    "gsm8k_aug": ("zen-E/GSM8k-Aug", None, {"train": "train", "test": "test"}, gsm8k_aug_row),
     "strategyqa": ("ChilleD/StrategyQA", None, {"train": "train", "test": "test"}, strategyqa_row),
     "svamp": ("ChilleD/SVAMP", None, {"train": "train", "test": "test"}, svamp_row),
     "arc": ("allenai/ai2_arc", "ARC-Challenge", {"train": "train", "test": "test"}, arc_row),

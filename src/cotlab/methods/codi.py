@@ -13,7 +13,9 @@ stop-gradient teacher's at the position that predicts the first answer-value tok
     L = L_student + distill_loss_factor * distill + ref_loss_factor * L_teacher
 
 Unlike the reference code, the latent and answer steps carry the question's attention mask and position ids, so a
-left-padded batch gives the same result as one question at a time.
+left-padded batch gives the same result as one question at a time. The teacher runs once: its CE pass's hidden
+states, detached, are the targets; only when dropout is active in training does a separate no-grad pass give
+noise-free targets.
 """
 
 from __future__ import annotations
@@ -155,10 +157,13 @@ class CODI(nn.Module):
 
     def __init__(self, lm, config: CODIConfig):
         super().__init__()
-        self.lm, self.config = lm, config
+        self.lm, self.codi_config = lm, config  # not `config`: Trainer reads model.config as a PretrainedConfig
         width = lm.get_input_embeddings().embedding_dim
         self.prj = (Projection(width, config.prj_dim or width, config.prj_dropout, not config.prj_no_ln)
                     if config.use_prj else nn.Identity())
+
+    def _dropout_active(self) -> bool:
+        return self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.lm.modules())
 
     def think(self, question_ids, question_mask, num_latent: int, record: list | None = None):
         """Encode question + <bot>, then `num_latent` continuous thoughts on the KV cache: 1 + num_latent calls.
@@ -189,12 +194,15 @@ class CODI(nn.Module):
                        past_key_values=past, use_cache=True, output_hidden_states=True)
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        c = self.config
+        c = self.codi_config
         teacher_kwargs = {"input_ids": batch["teacher_ids"], "attention_mask": batch["teacher_mask"],
                           "output_hidden_states": True}
-        with torch.no_grad():  # the targets: no gradient, whatever dropout does in the CE pass below
-            targets = self.lm(**teacher_kwargs).hidden_states
         teacher = self.lm(**teacher_kwargs, labels=batch["teacher_labels"])
+        if self._dropout_active():  # the targets must not carry the CE pass's dropout noise: a clean pass
+            with torch.no_grad():
+                targets = self.lm(**teacher_kwargs).hidden_states
+        else:  # without dropout the CE pass's states are the targets; detached, no gradient reaches them
+            targets = tuple(h.detach() for h in teacher.hidden_states)
         past, mask, next_position, latent_norm = self.think(batch["question_ids"], batch["question_mask"], c.num_latent)
         student = self.answer_pass(past, mask, next_position, batch["answer_ids"], batch["answer_mask"])
         logits = student.logits.float()
@@ -210,7 +218,7 @@ class CODI(nn.Module):
     def generate(self, question_ids, question_mask, eot_id: int, max_new_tokens: int,
                  num_latent: int | None = None) -> list[list[int]]:
         """Latent inference: question + <bot>, K thoughts, <eot>, then greedy decoding to eos (per row)."""
-        num_latent = self.config.inf_latent_iterations if num_latent is None else num_latent
+        num_latent = self.codi_config.inf_latent_iterations if num_latent is None else num_latent
         past, mask, next_position, _ = self.think(question_ids, question_mask, num_latent)
         tokens = torch.full((question_ids.size(0), 1), eot_id, device=question_ids.device)
         eos = self.lm.config.eos_token_id
@@ -268,7 +276,7 @@ def probe(codi: "CODI", tokenizer, example: Example, token_ids: dict[str, int], 
     device = next(codi.parameters()).device
     batch = {k: v.to(device) for k, v in question_batch(tokenizer, [example], token_ids).items()}
     states: list[torch.Tensor] = []
-    codi.think(batch["question_ids"], batch["question_mask"], codi.config.inf_latent_iterations, record=states)
+    codi.think(batch["question_ids"], batch["question_mask"], codi.codi_config.inf_latent_iterations, record=states)
     head = codi.lm.get_output_embeddings()
     thoughts = []
     for k, state in enumerate(states, start=1):
@@ -381,7 +389,7 @@ def save(codi: CODI, tokenizer, out_dir, base_path, params: dict, n_base_vocab: 
     from cotlab.models import save_adapter
 
     return save_adapter(codi.lm, tokenizer, out_dir, base_path, "codi", "codi", "none", params,
-                        extra={"codi": asdict(codi.config), "n_base_vocab": n_base_vocab,
+                        extra={"codi": asdict(codi.codi_config), "n_base_vocab": n_base_vocab,
                                "token_ids": {"bot": tokenizer.convert_tokens_to_ids(BOT),
                                              "eot": tokenizer.convert_tokens_to_ids(EOT),
                                              "pad": tokenizer.pad_token_id}, **(extra or {})},
