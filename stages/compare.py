@@ -11,7 +11,8 @@ from cotlab.stage import mlflow_params, stage_main
 def main(params):
     cfg = params.compare
     with tracking.stage_run("compare", mlflow_params(params)):
-        table = load_predictions("eval", list(dict.fromkeys(params.tasks + params.codi.tasks)))
+        # CODI's tasks are optional here: a pair whose side was not evaluated is reported as such in the table.
+        table = load_predictions("eval", params.tasks, optional=params.codi.tasks)
         result = compare(table, cfg.reference, cfg.bootstrap_resamples, cfg.confidence, params.seed, cfg.ablations)
         pairs = compare_pairs(table, cfg.pairs, cfg.bootstrap_resamples, cfg.confidence, params.seed)
         write_json("metrics/compare.json", {**result, "pairs": pairs})

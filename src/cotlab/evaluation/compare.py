@@ -13,13 +13,15 @@ from cotlab.data.schema import DataError, read_jsonl
 from cotlab.evaluation.stats import mcnemar_exact, paired_bootstrap_diff, summarize
 
 
-def load_predictions(eval_dir: str | Path, tasks: list[str] | None = None) -> dict[str, dict[str, list[dict]]]:
-    """{task: {model: predictions}} from eval/<model>/<task>/predictions.jsonl, for `tasks` only: outputs of
-    tasks dropped from params.yaml stay in the workspace and must not reach the table."""
+def load_predictions(eval_dir: str | Path, tasks: list[str] | None = None,
+                     optional: list[str] = ()) -> dict[str, dict[str, list[dict]]]:
+    """{task: {model: predictions}} from eval/<model>/<task>/predictions.jsonl, for `tasks` (each must have some)
+    and `optional` (taken when present) only: outputs of tasks dropped from params.yaml stay in the workspace and
+    must not reach the table."""
     table: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(Path(eval_dir).glob("*/*/predictions.jsonl")):
         model, task = path.parent.parent.name, path.parent.name
-        if tasks is None or task in tasks:
+        if tasks is None or task in tasks or task in optional:
             table.setdefault(task, {})[model] = read_jsonl(path)
     missing = [t for t in tasks or [] if t not in table]
     if not table or missing:
