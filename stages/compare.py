@@ -7,12 +7,16 @@ from cotlab.evaluation.compare import compare, compare_pairs, load_predictions, 
 from cotlab.stage import mlflow_params, stage_main
 
 
+CODI_MODELS = ("codi", "cot_sft", "base_fewshot_cot")  # eval_codi@<task>'s outs
+
+
 @stage_main("compare")
 def main(params):
     cfg = params.compare
     with tracking.stage_run("compare", mlflow_params(params)):
-        # CODI's tasks are optional here: a pair whose side was not evaluated is reported as such in the table.
-        table = load_predictions("eval", params.tasks, optional=params.codi.tasks)
+        # CODI's tasks bring only CODI's models, and are optional: a pair whose side was not evaluated is
+        # reported as such in the table.
+        table = load_predictions("eval", params.tasks, optional={t: CODI_MODELS for t in params.codi.tasks})
         result = compare(table, cfg.reference, cfg.bootstrap_resamples, cfg.confidence, params.seed, cfg.ablations)
         pairs = compare_pairs(table, cfg.pairs, cfg.bootstrap_resamples, cfg.confidence, params.seed)
         write_json("metrics/compare.json", {**result, "pairs": pairs})

@@ -1,6 +1,7 @@
 """Stage judge@<task>: an LLM judge compares the clarifying questions of the challenger (judge.challenger, Phase C
 by default) with the base student's, question by question, in a seeded random order; the win rate with a Wilson
 95% CI. The judge is any teacher backend (`local` runs offline); prompts and raw verdicts are kept."""
+import re
 import sys
 
 from cotlab import tracking
@@ -11,17 +12,27 @@ from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_m
 from cotlab.teacher import Request, Teacher
 
 
+def asked_questions(row: dict, limit: int = 3) -> list[str]:
+    """The questions a draft asks: its `Questions:` line when it kept the format, else the distinct questions in
+    its text. A trained model may drop the draft format and list sub-questions ("1. Who was ...?"): those are
+    still its questions to the teacher. At most `limit`, both sides alike; repeats count once."""
+    found = row["questions"] or [re.sub(r"^\s*(?:\d+[.)]|[-*])\s*", "", q).strip() + "?"
+                                 for q in re.findall(r"[^?\n]+(?=\?)", row["draft"])]
+    distinct = list(dict.fromkeys(q for q in found if len(q) > 3))
+    return distinct[:limit]
+
+
 @stage_main("judge")
 def main(params, task):
     cfg = params.judge
     test = read_examples(f"{data_dir(task)}/test.jsonl")
-    incumbent = {row["id"]: row["questions"] for row in read_jsonl(f"{drafts_dir(task)}/test.jsonl")}
+    incumbent = {row["id"]: asked_questions(row) for row in read_jsonl(f"{drafts_dir(task)}/test.jsonl")}
     with tracking.stage_run(f"judge@{task}", mlflow_params(params), task=task):
         model, tokenizer, _ = load_checkpoint(model_dir(cfg.challenger, task), params.model.device)
         drafts, draft_metrics = student_drafts(model, tokenizer, test, params.drafts.max_new_tokens,
                                                params.drafts.batch_size or params.sizes.eval_batch_size)
         del model
-        challenger = {row["id"]: row["questions"] for row in drafts}
+        challenger = {row["id"]: asked_questions(row) for row in drafts}
         pairs = judge_pairs(test, challenger, incumbent, params.seed)
         responses, usage = Teacher(cfg).run([Request(p["id"], p["messages"], "judge") for p in pairs])
         verdicts = [parse_verdict(r.text) if r.status == "ok" else None for r in responses]

@@ -61,3 +61,11 @@ def test_compare_reads_only_the_configured_tasks(tmp_path):
     assert set(load_predictions(tmp_path, ["kept"])) == {"kept"}
     with pytest.raises(DataError, match="missing_task"):
         load_predictions(tmp_path, ["kept", "missing_task"])
+
+
+def test_optional_tasks_bring_only_their_named_models(tmp_path):
+    """CODI's tasks outside `tasks`: its own models when evaluated, never stale outputs of other models there."""
+    for model, task in (("base_zeroshot", "kept"), ("codi", "extra"), ("sft", "extra")):
+        write_jsonl(tmp_path / f"{model}/{task}/predictions.jsonl", _preds([True, False]))
+    table = load_predictions(tmp_path, ["kept"], optional={"extra": ("codi", "cot_sft"), "absent": ("codi",)})
+    assert {t: set(m) for t, m in table.items()} == {"kept": {"base_zeroshot"}, "extra": {"codi"}}

@@ -42,7 +42,7 @@ def repo(tmp_path_factory):
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
     started = time.time()
-    out = sh(root, "dvc", "repro")
+    out = sh(root, "dvc", "repro", timeout=1500)  # the whole tiny DAG: ~6-9 min on 2 cores
     sh(root, "git", "add", "-A")
     sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny run")
     return {"root": root, "repro_log": out, "repro_s": time.time() - started}

@@ -149,3 +149,19 @@ def test_phase_b_trains_on_the_prompt_evaluation_shows(tokenizer, examples):
         assert a["prompt"] == render_prompt(tokenizer, ex, "cot", draft=ex.metadata["draft"])
         assert f"Student draft: {ex.metadata['draft']}" in a["prompt"] and "Student draft" not in b["prompt"]
         assert a["completion"] == b["completion"]
+
+
+def test_the_judge_reads_the_questions_a_draft_asks_with_or_without_the_format():
+    """A draft that kept the format gives its Questions line; one that dropped it (a trained model listing
+    sub-questions) gives its distinct questions; at most three, repeats once."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("judge_stage", Path(__file__).parents[1] / "stages/judge.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    kept = {"questions": ["Is it wet?", "Is it cold?"], "draft": "Answer: Yes - x.\nQuestions: Is it wet? Is it cold?"}
+    assert stage.asked_questions(kept) == ["Is it wet?", "Is it cold?"]
+    listed = {"questions": [], "draft": "1. Who is A?\n2. Who is A?\n3. Where is B?\n4. When? 5. Why is C?\n6. What is D?"}
+    assert stage.asked_questions(listed) == ["Who is A?", "Where is B?", "When?"]
+    assert stage.asked_questions({"questions": [], "draft": "No questions here."}) == []

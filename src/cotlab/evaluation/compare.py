@@ -14,14 +14,14 @@ from cotlab.evaluation.stats import mcnemar_exact, paired_bootstrap_diff, summar
 
 
 def load_predictions(eval_dir: str | Path, tasks: list[str] | None = None,
-                     optional: list[str] = ()) -> dict[str, dict[str, list[dict]]]:
+                     optional: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, list[dict]]]:
     """{task: {model: predictions}} from eval/<model>/<task>/predictions.jsonl, for `tasks` (each must have some)
-    and `optional` (taken when present) only: outputs of tasks dropped from params.yaml stay in the workspace and
-    must not reach the table."""
+    and, taken when present, the models `optional` names for a task outside `tasks`. Nothing else: outputs of
+    tasks and models dropped from params.yaml stay in the workspace and must not reach the table."""
     table: dict[str, dict[str, list[dict]]] = {}
     for path in sorted(Path(eval_dir).glob("*/*/predictions.jsonl")):
         model, task = path.parent.parent.name, path.parent.name
-        if tasks is None or task in tasks or task in optional:
+        if tasks is None or task in tasks or model in (optional or {}).get(task, ()):
             table.setdefault(task, {})[model] = read_jsonl(path)
     missing = [t for t in tasks or [] if t not in table]
     if not table or missing:
