@@ -8,15 +8,19 @@ from cotlab.stage import mlflow_params, stage_main
 
 
 CODI_MODELS = ("codi", "cot_sft", "base_fewshot_cot")  # eval_codi@<task>'s outs
+MARKOVIAN_MODELS = ("markovian", "markovian_base", "non_markovian", "non_markovian_base")  # eval_markovian@<task>
 
 
 @stage_main("compare")
 def main(params):
     cfg = params.compare
     with tracking.stage_run("compare", mlflow_params(params)):
-        # CODI's tasks bring only CODI's models, and are optional: a pair whose side was not evaluated is
-        # reported as such in the table.
-        table = load_predictions("eval", params.tasks, optional={t: CODI_MODELS for t in params.codi.tasks})
+        # CODI's and Markovian's tasks bring only their own models, and are optional: a pair whose side was not
+        # evaluated is reported as such in the table.
+        optional: dict[str, tuple[str, ...]] = {t: CODI_MODELS for t in params.codi.tasks}
+        for t in params.markovian.tasks:
+            optional[t] = optional.get(t, ()) + MARKOVIAN_MODELS
+        table = load_predictions("eval", params.tasks, optional=optional)
         result = compare(table, cfg.reference, cfg.bootstrap_resamples, cfg.confidence, params.seed, cfg.ablations)
         pairs = compare_pairs(table, cfg.pairs, cfg.bootstrap_resamples, cfg.confidence, params.seed)
         write_json("metrics/compare.json", {**result, "pairs": pairs})

@@ -6,7 +6,7 @@ import pytest
 from cotlab.config import ConfigError
 from cotlab.data import personal_relations
 from cotlab.data.schema import ANSWER_TYPES, DataError
-from cotlab.data.sources import (arc_row, gsm8k_aug_row, gsm8k_row, load_task, mathqa_row, mmlu_row, normalize_number,
+from cotlab.data.sources import (arc_row, wiki_row, gsm8k_aug_row, gsm8k_row, load_task, mathqa_row, mmlu_row, normalize_number,
                                  normalize_question, strategyqa_row, svamp_row, aqua_row)
 
 VENDORED = ["gsm8k", "strategyqa", "svamp", "aqua"]
@@ -188,6 +188,10 @@ def test_hub_row_mappers():
                      "options": "a ) 38 , b ) 27.675 , c ) 30 , d ) data inadequate , e ) none of these"}, "x")
     assert ex.answer == "C" and ex.reasoning == "because"
     assert ex.choices == ["A)38", "B)27.675", "C)30", "D)data inadequate", "E)none of these"]
+    words = [f"w{i}" for i in range(90)]
+    ex = wiki_row({"text": " " + " ".join(words) + " \n"}, "x")
+    assert (ex.question, ex.answer, ex.answer_type) == (" ".join(words[:64]), " ".join(words[64:80]), "text")
+    assert wiki_row({"text": " = Heading = \n"}, "x") is None and wiki_row({"text": "short line"}, "x") is None
 
 
 def test_local_jsonl_and_csv(tmp_path):

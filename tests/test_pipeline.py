@@ -1,4 +1,5 @@
 """The whole DAG through DVC at tiny scale, re-runs, and experiments (temp and queued) tracked in one store."""
+import csv
 import json
 import math
 import os
@@ -37,6 +38,8 @@ def repo(tmp_path_factory):
     params["dpo"]["tasks"] = ["strategyqa"]
     params["dpo"]["rounds"] = {"round1": {"start": "dpo"}}
     params["codi"]["tasks"] = ["personal_relations", "personal_relations_no_universe"]  # gsm8k's pairs: not evaluated
+    params["markovian"].update({"steps": 4, "group_size": 4, "cot_length": 8, "answer_tokens": 4, "eval_every": 2,
+                                "save_every": 2, "n_eval": 4})
     yaml.dump(params, root / "params.yaml")
     sh(root, "git", "init", "-q")
     sh(root, "git", "add", "-A")
@@ -105,6 +108,39 @@ def test_codi_stages_train_evaluate_latently_probe_and_pair_with_and_without_the
     stages = {r.data.tags["stage"] for r in runs(root)}
     assert {"codi@personal_relations", "cot_sft@personal_relations", "eval_codi@personal_relations_no_universe",
             "data@personal_relations"} <= stages
+
+
+def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the_base(repo):
+    root = repo["root"]
+    read = lambda rel: [json.loads(line) for line in (root / rel).read_text().splitlines()]  # noqa: E731
+    for variant in ("markovian", "non_markovian"):
+        manifest = json.loads((root / f"models/{variant}/arithmetic/manifest.json").read_text())
+        assert manifest["method"] == variant and manifest["markovian"]["markovian"] == (variant == "markovian")
+        rows = list(csv.DictReader((root / f"plots/train/{variant}/arithmetic.csv").open()))
+        assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+        for key in ("answer_logprob", "reward", "advantage_std", "kl", "entropy", "repetition", "ppo_ratio_mean",
+                    "ppo_ratio_max", "clip_fraction", "grad_norm"):
+            assert all(math.isfinite(float(r[key])) for r in rows), key
+        evals = list(csv.DictReader((root / f"plots/train/{variant}/arithmetic_eval.csv").open()))
+        assert [int(r["step"]) for r in evals] == [0, 2, 4]
+        state = json.loads((root / f"checkpoints/{variant}/arithmetic/latest/state.json").read_text())
+        assert state["step"] == 4  # the resume point of the next run
+    test = read("data/markovian/arithmetic/test.jsonl")
+    for name in ("markovian", "markovian_base", "non_markovian", "non_markovian_base"):
+        predictions = read(f"eval/{name}/arithmetic/predictions.jsonl")
+        assert [p["id"] for p in predictions] == [ex["id"] for ex in test]
+        for p, ex in zip(predictions, test):
+            assert (ex["question"] in p["answer_prompt"]) == name.startswith("non_markovian")
+            assert {"pred_anchored", "pred_simple", "answer_logprob", "cot"} <= set(p)
+        metrics = json.loads((root / f"metrics/eval/{name}/arithmetic.json").read_text())
+        assert {"accuracy_anchored", "accuracy_simple", "answer_logprob"} <= set(metrics)
+    assert 0 <= json.loads((root / "metrics/eval/markovian/arithmetic.json").read_text())[
+        "answer_logprob_vs_base_wilcoxon_p"] <= 1
+    pairs = json.loads((root / "metrics/compare.json").read_text())["pairs"]
+    for pair in ("markovian@arithmetic vs markovian_base@arithmetic", "markovian@arithmetic vs non_markovian@arithmetic"):
+        assert pairs[pair]["n"] == len(test) and 0 <= pairs[pair]["mcnemar_p"] <= 1
+    stages = {r.data.tags["stage"] for r in runs(root)}
+    assert {"markovian@arithmetic", "non_markovian@arithmetic", "eval_markovian@arithmetic"} <= stages
 
 
 def test_phase_c_and_its_validations(repo):

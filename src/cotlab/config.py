@@ -90,7 +90,10 @@ class CompareConfig:
         "codi@personal_relations_no_universe vs cot_sft@personal_relations_no_universe",
         "codi@personal_relations vs base_fewshot_cot@personal_relations",
         "codi@gsm8k vs cot_sft@gsm8k",
-        "codi@gsm8k vs base_fewshot_cot@gsm8k"])
+        "codi@gsm8k vs base_fewshot_cot@gsm8k",
+        "markovian@arithmetic vs markovian_base@arithmetic",
+        "non_markovian@arithmetic vs non_markovian_base@arithmetic",
+        "markovian@arithmetic vs non_markovian@arithmetic"])
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
 
@@ -217,6 +220,52 @@ class CODIParams:
 
 
 @dataclass
+class CollapseLimits:
+    """The Markovian collapse guard: training stops (keeping the last good checkpoint) past any of these."""
+
+    max_ppo_ratio: float = 10.0  # largest per-token ratio pi / pi_sampling in an update
+    max_kl: float = 5.0  # mean KL(actor || frozen) per CoT token, nats
+    max_repetition: float = 0.75  # share of a step's CoTs dominated by one repeated token or n-gram
+
+
+@dataclass
+class MarkovianConfig:
+    """Markovian CoT training (methods/markovian.py). Reference values (Viteri et al.) in the comments where the
+    2-core demo needs smaller ones."""
+
+    markovian: bool = True  # false: the reward prompt shows the question (the ablation)
+    steps: int = 40
+    questions_per_step: int = 1  # the reference: one question per batch, its group is the batch
+    group_size: int = 8  # CoTs per question (reference: 12)
+    cot_length: int = 48  # tokens, exactly (reference: 150 for arithmetic, 100 for GSM8K, 50 for SVAMP/AQuA/ARC)
+    temperature: float = 1.0
+    answer_tokens: int = 10  # greedy tokens decoded after " Answer:" at evaluation
+    actor_reward_weight: float = 0.0  # > 0: the actor scores the reward, and -w * r (with its gradient) joins L
+    baseline: Literal["frozen", "ema"] = "frozen"
+    ema_decay: float = 0.9
+    use_ppo: bool = False
+    ppo_epsilon: float = 0.2
+    ppo_epochs: int = 1  # updates per sampled batch when use_ppo
+    kl_penalty: float = 0.1
+    expert_iteration: float | None = None  # keep CoTs with R > mean + k * std of earlier R (reference GSM8K: 2.2)
+    expert_iteration_warmup: int = 8  # steps of R history before the threshold applies (no update before)
+    normalize_loss: bool = True  # the policy-gradient term averaged over CoT tokens (false: summed)
+    lr: float = 1.0e-4
+    max_grad_norm: float = 1.0
+    eval_every: int = 10  # steps between evaluations on the held-out questions (plots/train/<variant>/<task>_eval.csv)
+    save_every: int = 10  # steps between checkpoints (checkpoints/<variant>/<task>: a killed run resumes there)
+    collapse: CollapseLimits = field(default_factory=CollapseLimits)
+
+
+@dataclass
+class MarkovianParams(MarkovianConfig):
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
+    n_eval: int = 32  # held-out test questions evaluated during training
+    sampler: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vLLM when installed and on CUDA
+    lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
+
+
+@dataclass
 class Params:
     lr: float
     seed: int
@@ -235,6 +284,7 @@ class Params:
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     codi: CODIParams = field(default_factory=CODIParams)
+    markovian: MarkovianParams = field(default_factory=MarkovianParams)
     cot_sft: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
@@ -300,6 +350,24 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "max_grad_norm": (lambda v: v > 0, "> 0"),
     "probe_questions": (lambda v: v >= 1, ">= 1"),
     "probe_top_k": (lambda v: v >= 1, ">= 1"),
+    "steps": (lambda v: v >= 1, ">= 1"),
+    "questions_per_step": (lambda v: v >= 1, ">= 1"),
+    "group_size": (lambda v: v >= 1, ">= 1"),
+    "cot_length": (lambda v: v >= 1, ">= 1"),
+    "answer_tokens": (lambda v: v >= 1, ">= 1"),
+    "actor_reward_weight": (lambda v: v >= 0, ">= 0"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ppo_epsilon": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "ppo_epochs": (lambda v: v >= 1, ">= 1"),
+    "kl_penalty": (lambda v: v >= 0, ">= 0"),
+    "expert_iteration": (lambda v: v is None or v >= 0, ">= 0 or null"),
+    "expert_iteration_warmup": (lambda v: v >= 0, ">= 0"),
+    "eval_every": (lambda v: v >= 1, ">= 1"),
+    "save_every": (lambda v: v >= 1, ">= 1"),
+    "n_eval": (lambda v: v >= 1, ">= 1"),
+    "max_ppo_ratio": (lambda v: v > 1, "> 1"),
+    "max_kl": (lambda v: v > 0, "> 0"),
+    "max_repetition": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
 
 
@@ -414,6 +482,11 @@ def parse_params(data: dict[str, Any]) -> Params:
     for key in ("num_latent", "inf_latent_iterations"):
         if getattr(params.codi, key) < 1:
             raise ConfigError(f"codi.{key}: {getattr(params.codi, key)!r} is out of range (expected >= 1)")
+    for name in params.markovian.tasks:
+        if name not in params.task_specs:
+            raise ConfigError(f"markovian.tasks: {name!r} has no entry under task_specs (defined: {sorted(params.task_specs)})")
+    if params.markovian.temperature <= 0:
+        raise ConfigError(f"markovian.temperature: {params.markovian.temperature!r} must be > 0 (CoTs are sampled)")
     if params.judge.backend == "oracle":
         raise ConfigError("judge.backend: 'oracle' cannot judge; use local or openai")
     for name in ("tiny", "demo", "full"):

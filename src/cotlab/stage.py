@@ -25,6 +25,10 @@ def codi_data_dir(task: str) -> str:
     return f"data/codi/{task}"
 
 
+def markovian_data_dir(task: str) -> str:
+    return f"data/markovian/{task}"
+
+
 def drafts_dir(task: str) -> str:
     return f"data/drafts/{task}"
 

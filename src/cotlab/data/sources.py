@@ -24,7 +24,7 @@ BENCHMARKS = Path(__file__).parent / "benchmarks"
 LETTERS = "ABCDEFGHIJ"
 # Generators have no natural size; these apply when n_train / n_test is None.
 GENERATED_DEFAULT = {"train": 1000, "test": 200}
-RG_DATASETS = {"gsm_symbolic": "number", "basic_arithmetic": "number", "syllogism": "yes_no",
+RG_DATASETS = {"gsm_symbolic": "number", "basic_arithmetic": "number", "chain_sum": "number", "syllogism": "yes_no",
                "family_relationships": "text"}
 
 
@@ -162,6 +162,20 @@ def mathqa_row(row: dict, ex_id: str) -> Example:
                    metadata={"source": "mathqa", "category": row.get("category", "")})
 
 
+WIKI_CONTEXT_WORDS, WIKI_CONTINUATION_WORDS = 64, 16
+
+
+def wiki_row(row: dict, ex_id: str) -> Example | None:
+    """Wiki continuation (Markovian's wiki task): a paragraph's first 64 words, and its next 16 as the answer (free
+    text: scored by its log-prob). Headings, blank lines and short paragraphs give None (skipped)."""
+    words = row["text"].split()
+    if row["text"].strip().startswith("=") or len(words) < WIKI_CONTEXT_WORDS + WIKI_CONTINUATION_WORDS:
+        return None
+    return Example(id=ex_id, question=" ".join(words[:WIKI_CONTEXT_WORDS]),
+                   answer=" ".join(words[WIKI_CONTEXT_WORDS:WIKI_CONTEXT_WORDS + WIKI_CONTINUATION_WORDS]),
+                   answer_type="text", metadata={"source": "wikitext"})
+
+
 # hub name -> (hub id, default subset, default {split: hub split} (test None = seeded split), mapper)
 HUB = {
     "gsm8k": ("openai/gsm8k", "main", {"train": "train", "test": "test"}, gsm8k_row),
@@ -172,6 +186,7 @@ HUB = {
     "mmlu": ("cais/mmlu", "all", {"train": "validation", "test": "test"}, mmlu_row),
     "aqua": ("deepmind/aqua_rat", "raw", {"train": "train", "test": "test"}, aqua_row),
     "mathqa": ("allenai/math_qa", None, {"train": "train", "test": "test"}, mathqa_row),
+    "wiki": ("Salesforce/wikitext", "wikitext-103-raw-v1", {"train": "train", "test": "test"}, wiki_row),
 }
 
 
@@ -333,7 +348,8 @@ def _hub(name, spec, sizes, seed):
                 f"hub: {type(e).__name__}: {e}. The hub may be unreachable (no network, or HF_HUB_OFFLINE set) or the "
                 f"dataset/split name may be wrong. Use a vendored source (source: gsm8k, strategyqa, svamp or aqua) "
                 f"or source: local with a downloaded file instead.") from None
-        return [mapper(dict(r), f"{dataset}-{split}-{i}") for i, r in enumerate(rows)]
+        mapped = (mapper(dict(r), f"{dataset}-{split}-{i}") for i, r in enumerate(rows))
+        return [ex for ex in mapped if ex is not None]  # a mapper skips rows that hold no example (wiki headings)
 
     train = load(splits["train"])
     if splits.get("test") is None:

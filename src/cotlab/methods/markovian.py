@@ -1,0 +1,558 @@
+"""Markovian chain-of-thought training (Viteri et al., "Markovian Transformers for Informative Language Modeling").
+
+The actor (base + LoRA) writes a CoT of exactly `cot_length` tokens from the question; the reward is how well the
+gold answer can be predicted from that CoT *without* the question, so the CoT must carry what the answer needs:
+
+    r_i = 1/|a| sum_t log p_S(a_t | REDACTED, CoT_i, " Answer:", a_<t)    S = frozen model, or the actor (w > 0)
+    R_i = r_i - b(q)          b: the frozen model's r after its own greedy CoT of q, or an EMA of r (`baseline`)
+    A_i = (R_i - mean_g R) / (std_g R + eps)          over the group of `group_size` CoTs of one question
+    L   = -1/N sum_i A_i * mean_t log pi(c_it | q, c_i<t)        (PPO: -min(rho_it A_i, clip(rho_it, 1 +- eps) A_i))
+          + kl_penalty * mean_t KL(pi(.|q, c_<t) || pi_frozen(.|q, c_<t))
+          - actor_reward_weight * 1/N sum_i r_i           (r scored by the actor, with its gradient)
+
+`markovian: false` is the ablation: the reward prompt shows the question. The frozen model is the actor with its
+adapters disabled (no second copy). Log-probs of the CoT are taken at the sampling temperature (the policy that
+sampled), so the PPO ratio against it is exactly 1 on the first update of a batch.
+
+Where the reference code differs, on purpose: its actor-reward term is computed under no_grad (so it has no
+gradient; here it has one), and its PPO ratio is taken against the frozen model (here: the sampling policy).
+Under group standardisation a per-question baseline cancels in A; it still sets the logged normalised reward R
+and the expert-iteration threshold, and it is the whole baseline when group_size is 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cotlab.config import CollapseLimits, MarkovianConfig  # noqa: F401 (CollapseLimits: re-exported)
+from cotlab.data.schema import Example
+from cotlab.evaluation.extract import extract_answer, is_correct
+from cotlab.methods.sft import TrainingDivergedError
+from cotlab.prompts import MARKOVIAN_ANSWER_CUE, markovian_gold, markovian_prefix
+
+
+class CollapseError(TrainingDivergedError):
+    """A monitor passed its collapse limit; the last good checkpoint is kept."""
+
+
+# ---------------------------------------------------------------- token rows
+
+def cot_prompt_ids(tokenizer, example: Example, cot_length: int) -> list[int]:
+    return tokenizer(markovian_prefix(example, cot_length), add_special_tokens=True)["input_ids"]
+
+
+@dataclass
+class RewardRow:
+    ids: list[int]  # prefix + CoT + " Answer:" + gold
+    n_answer: int  # the gold tokens at the end
+
+    @property
+    def context(self) -> list[int]:
+        return self.ids[:-self.n_answer]
+
+
+def reward_row(tokenizer, example: Example, cot: Sequence[int], cot_length: int, markovian: bool) -> RewardRow:
+    """The answer prompt at token level: the sampled CoT ids are spliced in as they are (never decoded and re-encoded),
+    and in Markovian mode no token of the question is present."""
+    prefix = tokenizer(markovian_prefix(example, cot_length, show_question=not markovian),
+                       add_special_tokens=True)["input_ids"]
+    cue = tokenizer(MARKOVIAN_ANSWER_CUE, add_special_tokens=False)["input_ids"]
+    gold = tokenizer(markovian_gold(example), add_special_tokens=False)["input_ids"]
+    return RewardRow(prefix + list(cot) + cue + gold, len(gold))
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
+def tail_logits(model, rows: Sequence[Sequence[int]], n_tail: int, pad_id: int) -> torch.Tensor:
+    """Logits of the last `n_tail` positions of left-padded rows (position ids from the mask, as generate uses)."""
+    ids, mask = _left_pad(rows, pad_id, next(model.parameters()).device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=n_tail).logits.float()
+
+
+def answer_logprob(model, rows: Sequence[RewardRow], pad_id: int) -> torch.Tensor:
+    """r per row: the mean log-prob of its gold tokens (the reward). Gradients flow when the caller allows them."""
+    n_max = max(r.n_answer for r in rows)
+    logp = torch.log_softmax(tail_logits(model, [r.ids for r in rows], n_max + 1, pad_id)[:, :-1], dim=-1)
+    targets = torch.tensor([[0] * (n_max - r.n_answer) + r.ids[-r.n_answer:] for r in rows], device=logp.device)
+    valid = torch.tensor([[0] * (n_max - r.n_answer) + [1] * r.n_answer for r in rows], device=logp.device)
+    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * valid
+    return token_logp.sum(-1) / valid.sum(-1)
+
+
+@dataclass
+class CoTScores:
+    logp: torch.Tensor  # [N, L] log pi(c_t | q, c_<t) at the sampling temperature
+    entropy: torch.Tensor  # [N, L]
+    kl: torch.Tensor  # [N, L] KL(actor || frozen), exact over the vocabulary
+
+
+def score_cots(actor, prompts: Sequence[Sequence[int]], cots: torch.Tensor, temperature: float,
+               pad_id: int) -> CoTScores:
+    """The actor's (with gradient) and the frozen model's distributions over each CoT token."""
+    rows = [list(p) + c for p, c in zip(prompts, cots.tolist())]
+    length = cots.size(1)
+    logits = tail_logits(actor, rows, length + 1, pad_id)[:, :-1] / temperature
+    with torch.no_grad(), actor.disable_adapter():
+        frozen = tail_logits(actor, rows, length + 1, pad_id)[:, :-1] / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    frozen_logp = torch.log_softmax(frozen, dim=-1)
+    p = logp_all.exp()
+    return CoTScores(logp=logp_all.gather(-1, cots.unsqueeze(-1)).squeeze(-1),
+                     entropy=-(p * logp_all).sum(-1).detach(),
+                     kl=(p * (logp_all - frozen_logp)).sum(-1))
+
+
+def repetition_share(tokens: Sequence[int], max_n: int = 4) -> float:
+    """The largest share of the CoT covered by repeats of one token or n-gram (n <= max_n): "4444..." gives 1."""
+    best = 0.0
+    for n in range(1, max_n + 1):
+        grams = Counter(tuple(tokens[i:i + n]) for i in range(0, len(tokens) - n + 1, n))
+        count = grams.most_common(1)[0][1] if grams else 0
+        if count >= 2:  # repeated at least once
+            best = max(best, count * n / len(tokens))
+    return min(best, 1.0)
+
+
+def group_advantages(normalized: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Standardised within each group of one question's CoTs; with group_size 1, R itself."""
+    if group_size == 1:
+        return normalized
+    groups = normalized.view(-1, group_size)
+    return ((groups - groups.mean(-1, keepdim=True)) / (groups.std(-1, keepdim=True) + 1e-8)).view(-1)
+
+
+# ---------------------------------------------------------------- sampling
+
+class TransformersSampler:
+    """CoTs of exactly `length` tokens with transformers' generate (eos suppressed until then)."""
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[Sequence[int]], n: int, length: int, temperature: float,
+               adapter: bool = True) -> torch.Tensor:
+        """[len(prompts) * n, length] token ids; temperature 0 = greedy; adapter=False samples the frozen model."""
+        ids, mask = _left_pad(prompts, self.tokenizer.pad_token_id, next(self.model.parameters()).device)
+        kwargs = dict(do_sample=temperature > 0, max_new_tokens=length, min_new_tokens=length,
+                      num_return_sequences=n, pad_token_id=self.tokenizer.pad_token_id)
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if adapter:
+                out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            else:
+                with self.model.disable_adapter():
+                    out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        finally:
+            self.model.train(was_training)
+        return out[:, ids.size(1):]
+
+
+class VLLMSampler:
+    """vLLM on CUDA, the same interface: the current adapter is saved and handed to vLLM as a LoRARequest at each call
+    (the base weights stay in vLLM; only the adapter moves)."""
+
+    def __init__(self, model, tokenizer, base_path: str, scratch: str):
+        from vllm import LLM
+
+        self.model, self.tokenizer, self.scratch, self.version = model, tokenizer, Path(scratch), 0
+        rank = model.peft_config["default"].r
+        self.llm = LLM(model=str(base_path), enable_lora=True, max_lora_rank=max(rank, 8), gpu_memory_utilization=0.3,
+                       seed=0)
+
+    def sample(self, prompts, n, length, temperature, adapter: bool = True) -> torch.Tensor:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+
+        request = None
+        if adapter:
+            self.version += 1
+            path = self.scratch / f"adapter-{self.version}"
+            self.model.save_pretrained(path)
+            request = LoRARequest(f"actor-{self.version}", self.version, str(path))
+        params = SamplingParams(n=n, temperature=temperature, top_k=-1, top_p=1.0, max_tokens=length,
+                                min_tokens=length, ignore_eos=True)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                    lora_request=request, use_tqdm=False)
+        rows = [list(o.token_ids) for out in outputs for o in out.outputs]
+        return torch.tensor(rows, device=next(self.model.parameters()).device)
+
+
+def make_sampler(backend: str, model, tokenizer, base_path: str, scratch: str):
+    """auto: vLLM when it is installed and the model is on CUDA, transformers otherwise."""
+    import importlib.util
+
+    on_cuda = next(model.parameters()).is_cuda
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if backend == "vllm" and not (has_vllm and on_cuda):
+        from cotlab.config import ConfigError
+
+        raise ConfigError(f"markovian.sampler: 'vllm' needs the vllm package and a CUDA device (vllm installed: "
+                          f"{has_vllm}, model on CUDA: {on_cuda}); use auto or transformers")
+    if backend == "vllm" or (backend == "auto" and has_vllm and on_cuda):
+        return VLLMSampler(model, tokenizer, base_path, scratch)
+    return TransformersSampler(model, tokenizer)
+
+
+# ---------------------------------------------------------------- two-stage evaluation
+
+def adapter_state(model, adapter: bool):
+    """The actor as it is (adapter on), or the frozen model (adapter disabled)."""
+    return contextlib.nullcontext() if adapter else model.disable_adapter()
+
+
+def extraction_variants(output: str, answer_type: str) -> dict[str, str | None]:
+    """The answer decoded after " Answer:", read two ways per type (both reported), as in the reference:
+    numbers: `anchored` (the value after an answer anchor in the output, else after the last "=", else the first
+    number) and `simple` (the first number); letters: `word_boundary` (the first standalone A-E) and `first_found`
+    (the first A-E character anywhere, the reference's older reading: it takes "The" as E)."""
+    import re
+
+    if answer_type == "number":
+        first = re.search(r"-?\d[\d,]*(?:\.\d+)?", output)
+        simple = extract_answer(first.group(0), "number") if first else None
+        after_equals = extract_answer(output.rpartition("=")[2], "number") if "=" in output else None
+        return {"anchored": extract_answer(output, "number", strict=True) or after_equals or simple, "simple": simple}
+    if answer_type == "choice":
+        upper = output.upper()
+        boundary = re.search(r"\b[A-E]\b", upper)
+        found = re.search(r"[A-E]", upper)
+        return {"word_boundary": boundary.group(0) if boundary else None, "first_found": found.group(0) if found else None}
+    return {"anchored": extract_answer("Answer:" + output, answer_type)}
+
+
+PRIMARY_VARIANT = {"number": "anchored", "choice": "word_boundary"}
+
+
+@torch.no_grad()
+def two_stage(actor, answerer_adapter: bool, tokenizer, examples: Sequence[Example], cot_length: int,
+              markovian: bool, answer_tokens: int, batch_size: int, cot_adapter: bool = True) -> list[dict]:
+    """Stage 1: a greedy CoT of `cot_length` tokens from the question. Stage 2: the answer decoded greedily after the
+    CoT and " Answer:", from the CoT alone (markovian) or with the question; plus the gold answer's log-prob there.
+    `cot_adapter` / `answerer_adapter`: whether the actor's adapter is on for each stage (off = the frozen base)."""
+    sampler = TransformersSampler(actor, tokenizer)
+    pad = tokenizer.pad_token_id
+    rows_out = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        prompts = [cot_prompt_ids(tokenizer, ex, cot_length) for ex in batch]
+        cots = sampler.sample(prompts, 1, cot_length, 0.0, adapter=cot_adapter)
+        rewards = [reward_row(tokenizer, ex, c, cot_length, markovian) for ex, c in zip(batch, cots.tolist())]
+        ids, mask = _left_pad([r.context for r in rewards], pad, cots.device)
+        with adapter_state(actor, answerer_adapter):
+            logprobs = answer_logprob(actor, rewards, pad)
+            out = actor.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=answer_tokens,
+                                 pad_token_id=pad)
+        for ex, cot, reward, answer_ids, lp in zip(batch, cots.tolist(), rewards, out[:, ids.size(1):].tolist(),
+                                                   logprobs.tolist()):
+            end = next((k for k, t in enumerate(answer_ids) if t == tokenizer.eos_token_id), len(answer_ids))
+            output = tokenizer.decode(answer_ids[:end], skip_special_tokens=True)
+            variants = extraction_variants(output, ex.answer_type)
+            primary = variants[PRIMARY_VARIANT.get(ex.answer_type, "anchored")]
+            strict = extract_answer("Answer:" + output, ex.answer_type, strict=True)
+            row = {"id": ex.id, "prompt": markovian_prefix(ex, cot_length),
+                   "cot": tokenizer.decode(cot), "answer_prompt": tokenizer.decode(reward.context),
+                   "output": output, "pred": primary, "pred_strict": strict, "gold": ex.answer,
+                   "answer_type": ex.answer_type, "correct": is_correct(primary, ex.answer, ex.answer_type),
+                   "correct_strict": is_correct(strict, ex.answer, ex.answer_type),
+                   "answer_logprob": lp, "truncated": end == len(answer_ids),
+                   "n_new_tokens": cot_length + end, "cot_repetition": repetition_share(cot)}
+            for name, value in variants.items():
+                row[f"pred_{name}"] = value
+                row[f"correct_{name}"] = is_correct(value, ex.answer, ex.answer_type)
+            rows_out.append(row)
+    return rows_out
+
+
+# ---------------------------------------------------------------- one RL step
+
+def _guard(name: str, value: float, limit: float, key: str) -> None:
+    if value > limit:
+        raise CollapseError(f"{name} {value:.4g} passed markovian.collapse.{key} = {limit:g}")
+
+
+def frozen_baseline(actor, tokenizer, sampler, examples: Sequence[Example], config: MarkovianConfig) -> list[float]:
+    """b(q): the frozen model's answer log-prob after its own greedy CoT of q (constant: cache it per question)."""
+    prompts = [cot_prompt_ids(tokenizer, ex, config.cot_length) for ex in examples]
+    cots = sampler.sample(prompts, 1, config.cot_length, 0.0, adapter=False)
+    rows = [reward_row(tokenizer, ex, c, config.cot_length, config.markovian) for ex, c in zip(examples, cots.tolist())]
+    with torch.no_grad(), actor.disable_adapter():
+        return answer_logprob(actor, rows, tokenizer.pad_token_id).tolist()
+
+
+def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: MarkovianConfig, optimizer,
+            baselines: dict[str, float], state: dict) -> dict[str, float]:
+    """Sample a group of CoTs per question, score them, update the actor (`ppo_epochs` times with PPO); returns the
+    step's monitors, with each update's own under "updates". Raises CollapseError before an update when a monitor
+    passes its limit."""
+    import time
+
+    G, L, pad = config.group_size, config.cot_length, tokenizer.pad_token_id
+    limits = config.collapse
+    t0 = time.perf_counter()
+    prompts = [cot_prompt_ids(tokenizer, ex, L) for ex in examples]
+    cots = sampler.sample(prompts, G, L, config.temperature)  # rows grouped by question
+    t_sample = time.perf_counter() - t0
+    repetition = sum(repetition_share(c) > 0.5 for c in cots.tolist()) / cots.size(0)
+    _guard("repetition", repetition, limits.max_repetition, "max_repetition")
+
+    t0 = time.perf_counter()
+    group_prompts = [p for p in prompts for _ in range(G)]
+    rows = [reward_row(tokenizer, ex, c, L, config.markovian)
+            for ex, c in zip([ex for ex in examples for _ in range(G)], cots.tolist())]
+    actor_scores = config.actor_reward_weight > 0
+    if actor_scores:
+        r_actor = answer_logprob(actor, rows, pad)  # with its gradient: the actor-reward term needs it
+        r = r_actor.detach()
+    else:
+        with torch.no_grad(), actor.disable_adapter():
+            r = answer_logprob(actor, rows, pad)
+    if config.baseline == "frozen":
+        missing = [ex for ex in examples if ex.id not in baselines]
+        if missing:
+            baselines.update(zip([ex.id for ex in missing], frozen_baseline(actor, tokenizer, sampler, missing, config)))
+        b = torch.tensor([baselines[ex.id] for ex in examples for _ in range(G)], device=r.device)
+    else:
+        ema = state["ema"] if state["ema"] is not None else float(r.mean())
+        b = torch.full_like(r, ema)
+        state["ema"] = config.ema_decay * ema + (1 - config.ema_decay) * float(r.mean())
+    normalized = r - b
+    advantages = group_advantages(normalized, G)
+    keep = torch.ones_like(r)
+    if config.expert_iteration is not None:
+        history = torch.tensor(state["history"] or [0.0])
+        if len(state["history"]) < config.expert_iteration_warmup * r.numel():
+            keep = torch.zeros_like(r)  # no threshold yet: no update (as the reference)
+        else:
+            keep = (normalized > history.mean() + config.expert_iteration * history.std()).float()
+        state["history"].extend(normalized.tolist())
+    t_score = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    old_logp, updates = None, []
+    for epoch in range(config.ppo_epochs if config.use_ppo else 1):
+        scores = score_cots(actor, group_prompts, cots, config.temperature, pad)
+        if old_logp is None:  # the policy that sampled: these weights, before any update on this batch
+            old_logp = scores.logp.detach()
+        ratio = (scores.logp - old_logp).exp()
+        observed = ratio.detach()
+        A = advantages[:, None]
+        if config.use_ppo:
+            per_token = -torch.min(ratio * A, ratio.clamp(1 - config.ppo_epsilon, 1 + config.ppo_epsilon) * A)
+        else:
+            per_token = -scores.logp * A
+        per_cot = per_token.mean(-1) if config.normalize_loss else per_token.sum(-1)
+        pg = (per_cot * keep).sum() / keep.sum().clamp(min=1)
+        kl = scores.kl.mean()
+        loss = pg + config.kl_penalty * kl
+        if actor_scores:
+            if epoch > 0:
+                r_actor = answer_logprob(actor, rows, pad)
+            loss = loss - config.actor_reward_weight * r_actor.mean()
+        update = {"ppo_ratio_mean": float(observed.mean()), "ppo_ratio_max": float(observed.max()),
+                  "clip_fraction": float(((observed - 1).abs() > config.ppo_epsilon).float().mean()),
+                  "kl": float(kl.detach()), "entropy": float(scores.entropy.mean()), "pg_loss": float(pg.detach()),
+                  "loss": float(loss.detach())}
+        _guard("PPO ratio", update["ppo_ratio_max"], limits.max_ppo_ratio, "max_ppo_ratio")
+        _guard("KL(actor || frozen)", update["kl"], limits.max_kl, "max_kl")
+        if not torch.isfinite(loss):
+            raise CollapseError(f"the loss is {float(loss)}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        update["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
+            [p for p in actor.parameters() if p.requires_grad], config.max_grad_norm))
+        optimizer.step()
+        updates.append(update)
+    t_update = time.perf_counter() - t0
+    mean = lambda k: sum(u[k] for u in updates) / len(updates)  # noqa: E731
+    return {"answer_logprob": float(r.mean()), "baseline": float(b.mean()), "reward": float(normalized.mean()),
+            "advantage_std": float(normalized.view(-1, G).std(-1).mean()) if G > 1 else 0.0,
+            "ppo_ratio_mean": mean("ppo_ratio_mean"), "ppo_ratio_max": max(u["ppo_ratio_max"] for u in updates),
+            "clip_fraction": mean("clip_fraction"), "kl": updates[0]["kl"], "entropy": updates[0]["entropy"],
+            "repetition": repetition, "kept": float(keep.mean()), "pg_loss": mean("pg_loss"), "loss": mean("loss"),
+            "grad_norm": mean("grad_norm"), "t_sample": t_sample, "t_score": t_score, "t_update": t_update,
+            "updates": updates}
+
+
+# ---------------------------------------------------------------- checkpoints (resume after a kill)
+
+def run_fingerprint(config: MarkovianConfig, examples: Sequence[Example], base: str, seed: int) -> str:
+    """What makes a saved state resumable: everything but the horizon, the eval/save cadence and the guard's limits."""
+    relevant = {k: v for k, v in asdict(config).items() if k not in ("steps", "eval_every", "save_every", "collapse")}
+    blob = json.dumps([relevant, [ex.id for ex in examples], base, seed], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class Checkpoints:
+    """`<root>/latest`: the adapter, the optimizer state, the RNG state and the run state (step, curves, EMA),
+    written to a staging folder and swapped in, so a kill leaves the previous checkpoint whole. Only steps whose
+    monitors were within the collapse limits are saved, so `latest` is always the last good one.
+    Tensors go to safetensors and the rest to JSON: nothing is unpickled on resume."""
+
+    def __init__(self, root: str | Path, fingerprint: str):
+        self.root, self.fingerprint = Path(root), fingerprint
+        self.latest = self.root / "latest"
+
+    def save(self, model, optimizer, state: dict) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.root / "latest.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        opt = optimizer.state_dict()
+        save_file({f"{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()},
+                  str(tmp / "optimizer.safetensors"))
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "fingerprint": self.fingerprint,
+                                                    "param_groups": opt["param_groups"]}, default=float))
+        old = self.root / "latest.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.latest.exists():
+            os.replace(self.latest, old)
+        os.replace(tmp, self.latest)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, model, optimizer) -> dict | None:
+        """The saved run state after restoring weights, optimizer and RNG; None when there is nothing to resume
+        (no checkpoint, or one from other params or data: then it is removed and training starts over)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        if not (self.latest / "state.json").is_file():
+            return None
+        state = json.loads((self.latest / "state.json").read_text())
+        if state.pop("fingerprint") != self.fingerprint:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return None
+        set_peft_model_state_dict(model, load_file(str(self.latest / "adapter_model.safetensors")))
+        tensors = load_file(str(self.latest / "optimizer.safetensors"))
+        per_param: dict[int, dict] = {}
+        for key, value in tensors.items():
+            index, name = key.split(".", 1)
+            per_param.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
+        rng = load_file(str(self.latest / "rng.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        if torch.cuda.is_available() and "cuda0" in rng:
+            torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count())])
+        return state
+
+
+# ---------------------------------------------------------------- training
+
+def question_order(n: int, seed: int, step: int, per_step: int) -> list[int]:
+    """The questions of step `step` (1-based): consecutive seeded permutations, one per pass over the data."""
+    import random
+
+    out = []
+    for j in range((step - 1) * per_step, step * per_step):
+        epoch, k = divmod(j, n)
+        out.append(random.Random(f"{seed}-markovian-{epoch}").sample(range(n), n)[k])
+    return out
+
+
+def eval_summary(rows: list[dict]) -> dict[str, float]:
+    n = max(len(rows), 1)
+    return {"accuracy": sum(r["correct"] for r in rows) / n,
+            "answer_logprob": sum(r["answer_logprob"] for r in rows) / n,
+            "cot_repetition": sum(r["cot_repetition"] > 0.5 for r in rows) / n}
+
+
+def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence[Example], config: MarkovianConfig,
+          checkpoint_dir: str | Path, sampler, eval_batch_size: int, seed: int = 0, base_fingerprint: str = "",
+          on_step: Callable[[int, object], None] | None = None, log: Callable[[str], None] = print):
+    """RL on `examples` for config.steps steps, resuming from `checkpoint_dir` when it holds a state of this run.
+    Returns (metrics, per-step curve, eval curve). `on_step(step, actor)` runs before each step (tests use it)."""
+    from scipy.stats import spearmanr
+
+    if not examples:
+        from cotlab.data.schema import DataError
+
+        raise DataError("markovian: no training questions")
+    actor.train()
+    optimizer = torch.optim.AdamW([p for p in actor.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+    checkpoints = Checkpoints(checkpoint_dir, run_fingerprint(config, examples, base_fingerprint, seed))
+    state = checkpoints.load(actor, optimizer)
+    if state is None:
+        torch.manual_seed(seed)
+        state = {"step": 0, "ema": None, "history": [], "curve": [], "eval_curve": []}
+    else:
+        log(f"markovian: resuming from {checkpoints.latest} at step {state['step']}")
+    answerer_adapter = config.actor_reward_weight > 0
+    baselines: dict[str, float] = {}
+
+    def evaluate_now(step: int) -> None:
+        rows = two_stage(actor, answerer_adapter, tokenizer, eval_examples, config.cot_length, config.markovian,
+                         config.answer_tokens, eval_batch_size)
+        state["eval_curve"].append({"step": step, **eval_summary(rows)})
+        actor.train()
+
+    if not state["eval_curve"]:
+        evaluate_now(0)
+    while state["step"] < config.steps:
+        step = state["step"] + 1
+        if on_step is not None:
+            on_step(step, actor)
+        batch = [examples[i] for i in question_order(len(examples), seed, step, config.questions_per_step)]
+        try:
+            monitors = rl_step(actor, tokenizer, sampler, batch, config, optimizer, baselines, state)
+        except CollapseError as e:
+            kept = (f"the last good checkpoint, from step {json.loads((checkpoints.latest / 'state.json').read_text())['step']}"
+                    f", is kept at {checkpoints.latest}" if checkpoints.latest.exists() else
+                    "no checkpoint had been saved yet")
+            raise CollapseError(
+                f"Markovian training stopped at step {step}: {e}. This is the collapse the guard is for (e.g. a CoT "
+                f"degenerating to '4444...', or the policy running away from the frozen model); {kept}. Lower "
+                "markovian.lr, raise markovian.kl_penalty, or turn off markovian.use_ppo / actor_reward_weight; "
+                "`dvc repro` resumes from the kept checkpoint when only the limits change.") from None
+        state["step"] = step
+        monitors.pop("updates")
+        state["curve"].append({"step": step, **monitors})
+        log(f"step {step}: answer log-prob {monitors['answer_logprob']:.3f}, reward {monitors['reward']:+.3f}, "
+            f"kl {monitors['kl']:.4f}, entropy {monitors['entropy']:.2f}, repetition {monitors['repetition']:.2f}")
+        if step % config.eval_every == 0 or step == config.steps:
+            evaluate_now(step)
+        if step % config.save_every == 0 or step == config.steps:
+            checkpoints.save(actor, optimizer, state)
+    curve, eval_curve = state["curve"], state["eval_curve"]
+    quarter = max(len(curve) // 4, 1)
+    values = [row["answer_logprob"] for row in curve]
+    trend = spearmanr(range(len(values)), values) if len(values) > 2 else None
+    timing = {k: sum(row[k] for row in curve) for k in ("t_sample", "t_score", "t_update")}
+    total = sum(timing.values()) or 1.0
+    metrics = {
+        "steps": len(curve), "answer_logprob_first_quarter": sum(values[:quarter]) / quarter,
+        "answer_logprob_last_quarter": sum(values[-quarter:]) / quarter,
+        "answer_logprob_trend_spearman": float(trend.statistic) if trend else math.nan,
+        "answer_logprob_trend_p": float(trend.pvalue) if trend else math.nan,
+        "eval_accuracy_first": eval_curve[0]["accuracy"], "eval_accuracy_last": eval_curve[-1]["accuracy"],
+        "eval_answer_logprob_first": eval_curve[0]["answer_logprob"],
+        "eval_answer_logprob_last": eval_curve[-1]["answer_logprob"],
+        **{f"share_{k[2:]}": v / total for k, v in timing.items()},
+    }
+    return metrics, curve, eval_curve

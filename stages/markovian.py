@@ -1,0 +1,63 @@
+"""Stage markovian@<task> (and non_markovian@<task>: the ablation, whose reward prompt shows the question): RL of the
+actor (base + LoRA) on CoTs scored by how well they predict the gold answer (methods/markovian.py), on
+data/markovian/<task>. Writes the adapter (models/<variant>/<task>), every step's monitors
+(plots/train/<variant>/<task>.csv), the held-out evaluation curve (..._eval.csv) and a checkpoint every `save_every`
+steps under checkpoints/<variant>/<task> (persisted by DVC: a killed run resumes there)."""
+import random
+import tempfile
+from dataclasses import asdict, fields
+
+from cotlab import tracking
+from cotlab.config import MarkovianConfig
+from cotlab.data.schema import read_examples, write_json
+from cotlab.methods import markovian
+from cotlab.methods.sft import write_curve
+from cotlab.models import load_for_training, resolve_device, save_adapter
+from cotlab.stage import BASE_MODEL, markovian_data_dir, mlflow_params, model_dir, stage_main
+
+VARIANTS = {"markovian": True, "non_markovian": False}
+
+
+def run_config(params, variant: str) -> MarkovianConfig:
+    own = {f.name: getattr(params.markovian, f.name) for f in fields(MarkovianConfig)}
+    return MarkovianConfig(**{**own, "markovian": VARIANTS[variant]})
+
+
+def held_out(test, n: int, seed: int):
+    """The questions evaluated during training: a seeded sample of the test split (never trained on)."""
+    return random.Random(f"{seed}-markovian-eval").sample(test, min(n, len(test)))
+
+
+@stage_main("markovian")
+def main(params, task, variant="markovian"):
+    config = run_config(params, variant)
+    train = read_examples(f"{markovian_data_dir(task)}/train.jsonl")
+    test = read_examples(f"{markovian_data_dir(task)}/test.jsonl")
+    with tracking.stage_run(f"{variant}@{task}", mlflow_params(params), method=variant, task=task), \
+            tempfile.TemporaryDirectory(prefix="cotlab-markovian-") as scratch:
+        model, tokenizer, base_manifest = load_for_training(BASE_MODEL, resolve_device(params.model.device), "none",
+                                                            asdict(params.markovian.lora), None)
+        sampler = markovian.make_sampler(params.markovian.sampler, model, tokenizer, BASE_MODEL, scratch)
+        metrics, curve, eval_curve = markovian.train(
+            model, tokenizer, train, held_out(test, params.markovian.n_eval, params.seed), config,
+            f"checkpoints/{variant}/{task}", sampler, params.sizes.eval_batch_size, seed=params.seed,
+            base_fingerprint=base_manifest["fingerprint"])
+        save_adapter(model, tokenizer, model_dir(variant, task), BASE_MODEL, variant, "markovian", "none",
+                     {**asdict(config), "seed": params.seed, "task": task},
+                     extra={"markovian": asdict(config), "task": task})
+        write_curve(curve, f"plots/train/{variant}/{task}.csv")
+        write_curve(eval_curve, f"plots/train/{variant}/{task}_eval.csv")
+        write_json(f"metrics/train/{variant}/{task}.json", metrics)
+        for row in curve:
+            tracking.log_metrics(row, step=row["step"])
+        for row in eval_curve:
+            tracking.log_metrics({f"eval.{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        tracking.log_metrics(metrics)
+    print(f"{variant}@{task}: answer log-prob {metrics['answer_logprob_first_quarter']:.3f} -> "
+          f"{metrics['answer_logprob_last_quarter']:.3f} (first/last quarter of {metrics['steps']} steps; Spearman "
+          f"{metrics['answer_logprob_trend_spearman']:.2f}, p={metrics['answer_logprob_trend_p']:.3g}); held-out "
+          f"accuracy {metrics['eval_accuracy_first']:.3f} -> {metrics['eval_accuracy_last']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
