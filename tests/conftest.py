@@ -8,6 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests run tiny models, whose ops are too small to split across threads: on 2 cores a second thread only adds
+# synchronisation (and, next to any other load, spin-waiting that made a tiny RL step 20x slower). Stages run by the
+# tiny DAG inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_TRACKING_URI", "")  # each test that tracks sets its own store
 

@@ -225,3 +225,19 @@ def test_two_stage_evaluation_rows(actor):
         assert row["answer_logprob"] < 0 and {"pred_anchored", "pred_simple", "correct_simple"} <= set(row)
     shown = M.two_stage(model, False, tokenizer, arithmetic(1), 5, False, 4, batch_size=2)
     assert arithmetic(1)[0].question in shown[0]["answer_prompt"]
+
+
+@pytest.mark.parametrize("task,spec", [("svamp", {"source": "svamp"}), ("aqua", {"source": "aqua"}),
+                                       ("gsm8k", {"source": "gsm8k"})])
+def test_shipped_tasks_give_markovian_rows(tokenizer, task, spec):
+    """SVAMP, AQuA (letters, with options) and GSM8K: the CoT prompt shows the question (and options); the Markovian
+    answer prompt shows neither, and ends with the gold answer as the model should write it."""
+    from cotlab.data.sources import load_task
+
+    ex = load_task(task, spec, 1, 1, seed=0)["test"][0]
+    prompt = tokenizer.decode(M.cot_prompt_ids(tokenizer, ex, 16))
+    assert ex.question[:40] in prompt and prompt.endswith("Reasoning:")
+    row = M.reward_row(tokenizer, ex, [], 16, markovian=True)
+    text = tokenizer.decode(row.ids)
+    assert ex.question[:40] not in text and not any(choice in text for choice in ex.choices)
+    assert tokenizer.decode(row.ids[-row.n_answer:]).strip() == ex.answer
