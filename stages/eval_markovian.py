@@ -5,7 +5,7 @@ actor and for the untrained base through the same protocol:
      the question (non_markovian, non_markovian_base: the ablation's protocol).
 The answer is decoded by the model that scored the reward in training (the frozen base unless actor_reward_weight >
 0), as the manifest records. Every prediction keeps both extraction variants and the gold answer's log-prob."""
-from scipy.stats import wilcoxon
+from scipy.stats import ttest_1samp, wilcoxon
 
 from cotlab import tracking
 from cotlab.data.schema import read_examples, write_json, write_jsonl
@@ -24,7 +24,10 @@ def metrics_of(rows: list[dict]) -> dict:
         k = sum(r[f"correct_{key}"] for r in rows)
         low, high = wilson_interval(k, n)
         metrics.update({f"accuracy_{key}": k / n, f"accuracy_{key}_ci_low": low, f"accuracy_{key}_ci_high": high})
-    metrics["answer_logprob"] = sum(r["answer_logprob"] for r in rows) / n
+    logprobs = [r["answer_logprob"] for r in rows]
+    metrics["answer_logprob"] = sum(logprobs) / n
+    interval = ttest_1samp(logprobs, 0.0).confidence_interval(0.95)  # t interval of the mean
+    metrics["answer_logprob_ci_low"], metrics["answer_logprob_ci_high"] = float(interval.low), float(interval.high)
     metrics["cot_repetition_rate"] = sum(r["cot_repetition"] > 0.5 for r in rows) / n
     return metrics
 
@@ -53,6 +56,9 @@ def main(params, task):
             # The reward itself, paired per question: the gold answer's log-prob after the trained vs the base CoT.
             diffs = [t["answer_logprob"] - b["answer_logprob"] for t, b in zip(trained, base)]
             trained_metrics["answer_logprob_vs_base"] = sum(diffs) / len(diffs)
+            interval = ttest_1samp(diffs, 0.0).confidence_interval(0.95)  # paired: t interval of the mean difference
+            trained_metrics["answer_logprob_vs_base_ci_low"] = float(interval.low)
+            trained_metrics["answer_logprob_vs_base_ci_high"] = float(interval.high)
             trained_metrics["answer_logprob_vs_base_wilcoxon_p"] = (
                 float(wilcoxon(diffs).pvalue) if any(d != 0 for d in diffs) else 1.0)
             record(variant, task, trained, trained_metrics)

@@ -134,8 +134,10 @@ def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the
             assert {"pred_anchored", "pred_simple", "answer_logprob", "cot"} <= set(p)
         metrics = json.loads((root / f"metrics/eval/{name}/arithmetic.json").read_text())
         assert {"accuracy_anchored", "accuracy_simple", "answer_logprob"} <= set(metrics)
-    assert 0 <= json.loads((root / "metrics/eval/markovian/arithmetic.json").read_text())[
-        "answer_logprob_vs_base_wilcoxon_p"] <= 1
+    trained = json.loads((root / "metrics/eval/markovian/arithmetic.json").read_text())
+    assert 0 <= trained["answer_logprob_vs_base_wilcoxon_p"] <= 1
+    assert trained["answer_logprob_vs_base_ci_low"] <= trained["answer_logprob_vs_base"] <= trained[
+        "answer_logprob_vs_base_ci_high"]
     pairs = json.loads((root / "metrics/compare.json").read_text())["pairs"]
     for pair in ("markovian@arithmetic vs markovian_base@arithmetic", "markovian@arithmetic vs non_markovian@arithmetic"):
         assert pairs[pair]["n"] == len(test) and 0 <= pairs[pair]["mcnemar_p"] <= 1
