@@ -34,6 +34,23 @@ def tokenizer(tiny_base):
 
 
 @pytest.fixture
+def actor(tiny_base):
+    """(model, tokenizer): the tiny base with a LoRA adapter, made non-zero (LoRA B starts at zero, which would hide
+    gradient paths)."""
+    import torch
+
+    from cotlab.models import load_for_training
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model, tokenizer
+
+
+@pytest.fixture
 def examples():
     from cotlab.data.sources import load_task
 

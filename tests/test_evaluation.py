@@ -1,6 +1,6 @@
 import pytest
 
-from cotlab.evaluation.compare import compare, load_predictions, markdown
+from cotlab.evaluation.compare import compare, load_predictions, markdown, verification
 from cotlab.evaluation.generate import generate
 from cotlab.evaluation.run import evaluate, pick_shots
 from cotlab.data.schema import DataError, write_jsonl
@@ -46,6 +46,27 @@ def test_compare_pairs_models_on_the_same_questions(tmp_path):
     assert row["diff_ci_low"] > 0.3 and row["mcnemar_p"] < 1e-6
     assert "diff_vs_ref" not in result["t"]["base_zeroshot"]
     assert "| t | sft | 60 |" in markdown(result, "base_zeroshot")
+
+
+def test_verification_pairs_the_verdict_against_following_the_argument():
+    # 40 items, the argument right on 30. "follower" always follows it; "checker" is right on 38 of 40.
+    argument_correct = [True] * 30 + [False] * 10
+    follower = [{"id": f"q{i}", "correct": a, "argument_correct": a, "follows_argument": True}
+                for i, a in enumerate(argument_correct)]
+    checker = [{"id": f"q{i}", "correct": i < 38, "argument_correct": a, "follows_argument": a == (i < 38)}
+               for i, a in enumerate(argument_correct)]
+    table = {"svamp": {"transplant": checker, "no_transplant": follower}, "other": {"sft": _preds([True])}}
+    result = verification(table, ("transplant", "transplant_masked", "no_transplant"), 500, 0.95, seed=0)
+    assert set(result) == {"svamp"} and set(result["svamp"]) == {"transplant", "no_transplant"}
+    follows, checks = result["svamp"]["no_transplant"], result["svamp"]["transplant"]
+    assert follows["argument_correct_rate"] == checks["argument_correct_rate"] == 0.75
+    assert follows["follows_argument_rate"] == 1.0 and follows["diff_vs_argument"] == 0
+    assert follows["mcnemar_p_vs_argument"] == 1.0
+    assert checks["accuracy"] == 0.95 and checks["diff_vs_argument"] == pytest.approx(0.2)
+    assert checks["accuracy_argument_right"] == 1.0 and checks["accuracy_argument_wrong"] == 0.8
+    assert checks["mcnemar_p_vs_argument"] < 0.01
+    report = markdown({}, "base_zeroshot", None, result)
+    assert "## Transplant verification" in report and "| svamp | transplant | 40 | 95.0 |" in report
 
 
 def test_compare_refuses_different_test_sets(tmp_path):

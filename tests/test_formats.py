@@ -1,11 +1,12 @@
 import random
 import re
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cotlab.data.candidates import assign_labels, corrupt_solution, oracle_candidates, strip_calculator
+from cotlab.data.candidates import _wrong_values, assign_labels, corrupt_solution, oracle_candidates, strip_calculator
 from cotlab.data.schema import Example
 from cotlab.data.sources import load_task
 from cotlab.formats import (
@@ -361,6 +362,41 @@ def test_candidates_round_trip(gsm8k):
                 assert c.expression in parsed.argument
                 assert re.search(rf"Candidate {argued} is correct\.$", parsed.argument)
     assert used >= 8
+
+
+def test_oracle_argument_reads_the_same_whether_right_or_wrong(gsm8k):
+    """Only the arithmetic may tell a right argument from a wrong one: with the identifiers and the two values of the
+    broken step blanked, the argument for the correct candidate equals the argument for the incorrect one."""
+    checked = 0
+    for ex in gsm8k["train"][:12]:
+        c = corrupt_solution(ex.metadata["solution"], ex.answer, "random", random.Random(f"0-{ex.id}-corrupt"))
+        if c is None:
+            continue
+        for correct in "AB":
+            blanked = set()
+            for argued in "AB":
+                argument = parse_candidates(oracle_candidates(ex, {"seed": 0, "corrupt_step": "random",
+                                                                   "correct": correct, "argued": argued})).argument
+                expression_free = argument.replace(c.expression, "<expr>")
+                blanked.add(re.sub(r"Candidate [AB]", "Candidate _",
+                                   re.sub(rf"= ({re.escape(c.right)}|{re.escape(c.wrong)})\b", "= <v>", expression_free)))
+                # Named first: the candidate argued for, with the value it has.
+                first = re.search(r"Candidate ([AB]) has [^,]*= (\S+), while", argument.replace(c.expression, "e"))
+                assert first.group(1) == argued
+                assert first.group(2) == (c.right if argued == correct else c.wrong)
+            assert len(blanked) == 1, blanked
+            checked += 1
+    assert checked >= 16
+
+
+def test_wrong_values_go_up_as_often_as_down():
+    rng = random.Random(0)
+    ups = downs = 0
+    for right in range(20, 220):
+        for wrong in [Fraction(w) for w in _wrong_values(str(right), rng)]:
+            ups, downs = ups + (wrong > right), downs + (wrong < right)
+            assert wrong.denominator == 1
+    assert abs(ups - downs) <= 0.1 * (ups + downs)
 
 
 def test_render_candidates_round_trip():

@@ -19,19 +19,6 @@ def arithmetic(n=4):
                     answer=str(3 * i + 8), answer_type="number") for i in range(n)]
 
 
-@pytest.fixture
-def actor(tiny_base):
-    from cotlab.models import load_for_training
-
-    torch.manual_seed(0)
-    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
-    with torch.no_grad():  # a non-zero adapter: LoRA B starts at zero, which would hide gradient paths
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    return model, tokenizer
-
-
 def small_config(**overrides):
     base = dict(steps=4, group_size=4, cot_length=6, answer_tokens=4, eval_every=2, save_every=2, lr=1e-2,
                 collapse=M.CollapseLimits(max_ppo_ratio=1e9, max_kl=1e9, max_repetition=0.75))

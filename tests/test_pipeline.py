@@ -38,6 +38,7 @@ def repo(tmp_path_factory):
     params["dpo"]["tasks"] = ["strategyqa"]
     params["dpo"]["rounds"] = {"round1": {"start": "dpo"}}
     params["codi"]["tasks"] = ["personal_relations", "personal_relations_no_universe"]  # gsm8k's pairs: not evaluated
+    params["transplant"].update({"steps": 4, "batch_size": 2, "eval_every": 2, "n_curve": 4})
     params["markovian"].update({"steps": 4, "group_size": 4, "cot_length": 8, "answer_tokens": 4, "eval_every": 2,
                                 "save_every": 2, "n_eval": 4})
     yaml.dump(params, root / "params.yaml")
@@ -70,7 +71,7 @@ def test_whole_dag_at_tiny_scale(repo):
     assert (root / "reports" / "compare.md").read_text().count("| strategyqa |") == 9 + 3  # + the ablations table
     stages = {r.data.tags["stage"] for r in runs(root)}
     assert {"prepare_model", "data@strategyqa", "drafts@strategyqa", "teacher@strategyqa", "filter@strategyqa",
-            "candidates", "sft@strategyqa", "cot_distill@strategyqa", "pairs@strategyqa", "dpo@strategyqa",
+            "candidates@svamp", "sft@strategyqa", "cot_distill@strategyqa", "pairs@strategyqa", "dpo@strategyqa",
             "evaluate@dpo-strategyqa", "attribution@strategyqa", "judge@strategyqa", "self_guided@round1-strategyqa",
             "compare"} <= stages
 
@@ -145,6 +146,39 @@ def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the
     assert {"markovian@arithmetic", "non_markovian@arithmetic", "eval_markovian@arithmetic"} <= stages
 
 
+def test_transplant_stages_train_with_curves_and_pair_with_their_controls(repo):
+    root = repo["root"]
+    read = lambda rel: [json.loads(line) for line in (root / rel).read_text().splitlines()]  # noqa: E731
+    test = read("data/candidates/svamp/test.jsonl")
+    for variant in ("transplant", "transplant_masked", "no_transplant"):
+        manifest = json.loads((root / f"models/{variant}/svamp/manifest.json").read_text())
+        assert manifest["method"] == variant and manifest["transplant"]["masked"] == (variant == "transplant_masked")
+        assert manifest["transplant"]["transplant"] == (variant != "no_transplant")
+        steps = list(csv.DictReader((root / f"plots/train/{variant}/svamp.csv").open()))
+        assert [int(r["step"]) for r in steps] == [1, 2, 3, 4] and all(math.isfinite(float(r["loss"])) for r in steps)
+        curves = list(csv.DictReader((root / f"plots/train/{variant}/svamp_curves.csv").open()))
+        assert [int(r["step"]) for r in curves] == [0, 2, 4]
+        for split in ("train", "test"):
+            for key in ("accuracy", "argument_correct_rate", "follows_argument_rate"):
+                assert all(0 <= float(r[f"{split}_{key}"]) <= 1 for r in curves), (variant, split, key)
+        predictions = read(f"eval/{variant}/svamp/predictions.jsonl")
+        assert [p["id"] for p in predictions] == [r["id"] for r in test]
+        assert all(p["argument_correct"] == r["argument_correct"] for p, r in zip(predictions, test))
+    compare = json.loads((root / "metrics/compare.json").read_text())
+    verified = compare["transplant"]["svamp"]
+    assert set(verified) == {"transplant", "transplant_masked", "no_transplant"}
+    base_rate = sum(r["argument_correct"] for r in test) / len(test)
+    assert all(v["argument_correct_rate"] == base_rate and 0 <= v["mcnemar_p_vs_argument"] <= 1
+               for v in verified.values())
+    for pair in ("transplant@svamp vs no_transplant@svamp", "transplant@svamp vs transplant_masked@svamp"):
+        assert compare["pairs"][pair]["n"] == len(test) and 0 <= compare["pairs"][pair]["mcnemar_p"] <= 1
+    assert {"transplant", "transplant_masked", "no_transplant"} <= set(compare["svamp"])
+    report = (root / "reports/compare.md").read_text()
+    assert "## Transplant verification" in report and report.count("| svamp | transplant") >= 2
+    stages = {r.data.tags["stage"] for r in runs(root)}
+    assert {"candidates@svamp", "transplant@svamp", "transplant_masked@svamp", "no_transplant@svamp"} <= stages
+
+
 def test_phase_c_and_its_validations(repo):
     """Phase B and C read the student's drafts; the ablations change only what they claim to; attribution, the
     judge and the self-guided round leave their outputs and metrics."""
@@ -207,7 +241,7 @@ def test_training_consumes_the_filtered_teacher_data(repo):
     assert teacher["usage.answered"] + teacher["usage.failed"] == teacher["usage.requests"] > 0
     shown = sh(root, "dvc", "metrics", "show")
     assert "share_after.yes" in shown and "usage.requests" in shown and "teacher_agreement_rate" in shown
-    candidates = json.loads((root / "metrics/candidates.json").read_text())  # gsm8k, though tasks lists strategyqa
+    candidates = json.loads((root / "metrics/candidates/svamp.json").read_text())  # though tasks lists strategyqa
     assert candidates["train.kept"] > 0 and candidates["test.kept"] > 0
 
 

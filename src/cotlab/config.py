@@ -129,8 +129,7 @@ class FilterConfig:
 
 
 @dataclass
-class CandidatesConfig:
-    task: str = "gsm8k"
+class CandidatesConfig:  # candidates@<task> runs on transplant.tasks
     argument_correct_rate: float = 0.7  # share of arguments that pick the correct candidate
     corrupt_step: Literal["random", "first", "middle", "last"] = "random"  # which arithmetic step the oracle breaks
 
@@ -266,6 +265,32 @@ class MarkovianParams(MarkovianConfig):
 
 
 @dataclass
+class TransplantConfig:
+    """Hidden-state transplant verification (methods/transplant.py), on data/candidates/<task>."""
+
+    # "all", or the decoder layers whose outputs are transplanted (0-based). A layer's output reaches later tokens only
+    # through the attention of the layers after it: the last layer alone cannot move the verdict.
+    layers: Literal["all"] | list[int] = "all"
+    detach_pass1: bool = False  # false: gradients flow through the transplanted states into pass 1
+    residual_fp64: bool = False  # the residual stream in float64 through the hooked layers (sublayers compute in the model dtype)
+    masked: bool = False  # the ablation: every candidate identifier in the argument replaced by "_" (set per stage)
+    transplant: bool = True  # false: the control without replacement, same prompts, pass 2 alone (set per stage)
+    steps: int = 24
+    batch_size: int = 4
+    lr: float = 5.0e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 8  # steps between curve points (and at step 0 and the last step)
+
+
+@dataclass
+class TransplantParams(TransplantConfig):
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # candidates@<task> and the transplant stages run on these
+    n_curve: int = 24  # train and test items evaluated at each curve point (seeded); the final evaluation takes all
+    lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
+
+
+@dataclass
 class Params:
     lr: float
     seed: int
@@ -285,6 +310,7 @@ class Params:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     codi: CODIParams = field(default_factory=CODIParams)
     markovian: MarkovianParams = field(default_factory=MarkovianParams)
+    transplant: TransplantParams = field(default_factory=TransplantParams)
     cot_sft: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
@@ -368,6 +394,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "max_ppo_ratio": (lambda v: v > 1, "> 1"),
     "max_kl": (lambda v: v > 0, "> 0"),
     "max_repetition": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "n_curve": (lambda v: v >= 1, ">= 1"),
 }
 
 
@@ -462,8 +489,12 @@ def parse_params(data: dict[str, Any]) -> Params:
                               "_), not a key; export the key in that variable instead")
     if params.filter.min_reasoning_words > params.filter.max_reasoning_words:
         raise ConfigError("filter.min_reasoning_words: larger than filter.max_reasoning_words")
-    if params.candidates.task not in params.task_specs:
-        raise ConfigError(f"candidates.task: {params.candidates.task!r} has no entry under task_specs")
+    for name in params.transplant.tasks:
+        if name not in params.task_specs:
+            raise ConfigError(f"transplant.tasks: {name!r} has no entry under task_specs (defined: {sorted(params.task_specs)})")
+    if isinstance(params.transplant.layers, list) and (not params.transplant.layers or min(params.transplant.layers) < 0):
+        raise ConfigError(f"transplant.layers: {params.transplant.layers!r} must be 'all' or a non-empty list of layer "
+                          "indices >= 0")
     for name in params.dpo.tasks:
         if name not in params.tasks:
             raise ConfigError(f"dpo.tasks: {name!r} is not in tasks {params.tasks} (Phase C trains on its filtered data)")

@@ -221,3 +221,27 @@ def markovian_prefix(example: Example, cot_length: int, show_question: bool = Tr
 def markovian_gold(example: Example) -> str:
     """The answer as scored after MARKOVIAN_ANSWER_CUE (its own leading space: tokenised apart from the cue)."""
     return " " + display_answer(example)
+
+
+# ---------------------------------------------------------------- transplant verification (methods/transplant.py)
+# Chat turns with a slot where each explanation goes: methods/transplant.py splices the explanation's token ids into
+# the slot, so that pass 1 (solving) and pass 2 (choosing) hold it as the same token sequence.
+TRANSPLANT_CUE = "Candidate"  # the start of the answer turn in pass 2: the next token is the candidate's identifier
+
+
+def explanation_slot(label: str) -> str:
+    return f"[[explanation {label}]]"
+
+
+def transplant_solve_messages(question: str) -> list[dict[str, str]]:
+    """Pass 1: the question, answered by the explanation (spliced in after the rendered prompt)."""
+    return [{"role": "user", "content": f"Solve this problem step by step.\n\nQuestion: {question}"}]
+
+
+def transplant_choice_messages(question: str, argument: str, labels: Sequence[str] = ("A", "B")) -> list[dict[str, str]]:
+    """Pass 2: the question, both explanations (slots), the argument and the choice."""
+    candidates = "\n\n".join(f"Candidate {label}:\n{explanation_slot(label)}" for label in labels)
+    return [{"role": "user", "content": (
+        f"Question: {question}\n\n{candidates}\n\nArgument:\n{argument}\n\n"
+        f"Which candidate is correct? Reply with {' or '.join(labels)}."
+    )}]

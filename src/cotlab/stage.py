@@ -29,6 +29,10 @@ def markovian_data_dir(task: str) -> str:
     return f"data/markovian/{task}"
 
 
+def candidates_dir(task: str) -> str:
+    return f"data/candidates/{task}"
+
+
 def drafts_dir(task: str) -> str:
     return f"data/drafts/{task}"
 

@@ -108,7 +108,10 @@ def _propagate(solution: str, calcs: list[re.Match], k: int, wrong: str, final: 
 
 def _wrong_values(right: str, rng: random.Random) -> list[str]:
     value = Fraction(right)
-    options = {value + 1, value - 1, value + 10, value * 2, value + rng.randint(2, 9), value - rng.randint(2, 9)}
+    # Up as often as down, so that "the smaller answer is right" is no shortcut (negatives are dropped below).
+    options = {value + 1, value - 1, value + 10, value - 10, value * 2, value / 2, value + rng.randint(2, 9),
+               value - rng.randint(2, 9)}
+    options = {o for o in options if o.denominator == 1 or value.denominator != 1}  # no fractions from whole numbers
     options = [o for o in options if o != value and (value < 0 or o >= 0)]
     rng.shuffle(options)
     return [_fmt(o) for o in sorted(options, key=lambda o: rng.random())]
@@ -160,11 +163,14 @@ def oracle_candidates(example: Example, context: dict[str, Any]) -> str:
     wrong = "B" if correct == "A" else "A"
     texts = {correct: f"{strip_calculator(solution)}\nThe answer is: {example.answer}",
              wrong: f"{corruption.text}\nThe answer is: {corruption.answer}"}
-    claimed = corruption.right if argued == correct else corruption.wrong
+    value = {correct: corruption.right, wrong: corruption.wrong}
     other = wrong if argued == correct else correct
-    argument = (f"The two candidates differ first at one step: Candidate {correct} computes "
-                f"{corruption.expression} = {corruption.right}, while Candidate {wrong} writes "
-                f"{corruption.expression} = {corruption.wrong}. Since {corruption.expression} = {claimed}, "
+    # The same sentence whether the argument is right or wrong, naming the argued candidate first: only the arithmetic
+    # tells them apart. (Naming the correct candidate first, or saying one "computes" and the other "writes", would
+    # give the verdict away without any checking.)
+    argument = (f"The two candidates differ first at one step: Candidate {argued} has "
+                f"{corruption.expression} = {value[argued]}, while Candidate {other} has "
+                f"{corruption.expression} = {value[other]}. Since {corruption.expression} = {value[argued]}, "
                 f"Candidate {other} carries a slip through to its final answer. "
                 f"Therefore, Candidate {argued} is correct.")
     return render_candidates(texts, argument)

@@ -93,11 +93,41 @@ def compare_pairs(table: dict[str, dict[str, list[dict]]], pairs: list[str], n_r
     return out
 
 
+def verification(table: dict[str, dict[str, list[dict]]], models: tuple[str, ...], n_resamples: int,
+                 confidence: float, seed: int) -> dict[str, dict[str, dict]]:
+    """Transplant verification, per task and model: accuracy next to the argument's own correctness rate (the base
+    rate of simply following it) and how often the verdict follows the argument; the verdict is paired against
+    following the argument on the same items."""
+    out: dict[str, dict[str, dict]] = {}
+    for task, evaluated in sorted(table.items()):
+        for model in models:
+            preds = evaluated.get(model)
+            if preds is None:
+                continue
+            follow = [{"id": p["id"], "correct": p["argument_correct"]} for p in preds]
+            d = paired(task, model, preds, "argument", follow, n_resamples, confidence, seed)
+            summary = summarize(preds)
+            n = summary["n"]
+            right = [p for p in preds if p["argument_correct"]]
+            wrong = [p for p in preds if not p["argument_correct"]]
+            out.setdefault(task, {})[model] = {
+                "n": n, "accuracy": summary["accuracy"], "accuracy_ci_low": summary["accuracy_ci_low"],
+                "accuracy_ci_high": summary["accuracy_ci_high"],
+                "argument_correct_rate": len(right) / n,
+                "follows_argument_rate": sum(p["follows_argument"] for p in preds) / n,
+                "accuracy_argument_right": sum(p["correct"] for p in right) / len(right) if right else float("nan"),
+                "accuracy_argument_wrong": sum(p["correct"] for p in wrong) / len(wrong) if wrong else float("nan"),
+                "diff_vs_argument": d["diff"], "diff_vs_argument_ci_low": d["ci_low"],
+                "diff_vs_argument_ci_high": d["ci_high"], "mcnemar_p_vs_argument": d["mcnemar_p"]}
+    return out
+
+
 def _fmt_pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None) -> str:
+def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
+             verified: dict[str, dict[str, dict]] | None = None) -> str:
     lines = [
         "# Comparison",
         "",
@@ -145,6 +175,24 @@ def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None)
             lines.append(f"| {pair} | {r['n']} | {_fmt_pct(r['accuracy'])} | {_fmt_pct(r['against_accuracy'])} | "
                          f"{100 * r['diff']:+.1f} | [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | "
                          f"{r['mcnemar_p']:.3g} |")
+    if verified:
+        lines += ["", "## Transplant verification", "",
+                  "The verdict's accuracy next to the argument's own correctness rate (what following the argument "
+                  "scores) and how often the verdict follows the argument; the difference is paired against "
+                  "following the argument on the same items (paired bootstrap interval, McNemar exact p). The "
+                  "pairs above compare the transplant with its controls.", "",
+                  "| task | model | n | accuracy % | 95% CI | argument correct % | follows argument % | "
+                  "accuracy when the argument is right % | ... when wrong % | vs argument (pp) | 95% CI | McNemar p |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for task, models in verified.items():
+            for model, r in models.items():
+                lines.append(
+                    f"| {task} | {model} | {r['n']} | {_fmt_pct(r['accuracy'])} | "
+                    f"[{_fmt_pct(r['accuracy_ci_low'])}, {_fmt_pct(r['accuracy_ci_high'])}] | "
+                    f"{_fmt_pct(r['argument_correct_rate'])} | {_fmt_pct(r['follows_argument_rate'])} | "
+                    f"{_fmt_pct(r['accuracy_argument_right'])} | {_fmt_pct(r['accuracy_argument_wrong'])} | "
+                    f"{100 * r['diff_vs_argument']:+.1f} | [{100 * r['diff_vs_argument_ci_low']:+.1f}, "
+                    f"{100 * r['diff_vs_argument_ci_high']:+.1f}] | {r['mcnemar_p_vs_argument']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
