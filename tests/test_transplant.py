@@ -134,7 +134,9 @@ def test_gradients_reach_pass_one_unless_detached(model, tokenizer, rows, detach
     else:
         span = items[0].solve_spans[0]
         assert pass_one.grad is not None and pass_one.grad[0, span].abs().sum() > 0
-        assert pass_one.grad[0, :span.start].abs().sum() == 0  # only the kept explanation states carry the loss back
+        # In two layers, layer 1's transplanted output feeds no later layer: the loss reaches pass 1 only through layer
+        # 0's kept states, so not at the prompt's positions.
+        assert pass_one.grad[0, :span.start].abs().sum() == 0
     lora = [p.grad for n, p in model.named_parameters() if "lora_A" in n and "layers.0." in n]
     assert all(g is not None and torch.isfinite(g).all() for g in lora)
 
