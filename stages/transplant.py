@@ -5,7 +5,6 @@ loss per step (plots/train/<variant>/<task>.csv), the curves on train and test i
 (..._curves.csv: accuracy, the argument's own correctness rate, how often the verdict follows the argument), and the
 test predictions (eval/<variant>/<task>) that compare pairs."""
 import dataclasses
-import random
 from dataclasses import asdict
 
 from cotlab import tracking
@@ -41,9 +40,7 @@ def main(params, task, variant="transplant"):
                                                 asdict(params.transplant.lora), None)
         items = {split: [transplant.build_item(tokenizer, row, config.masked)
                          for row in read_jsonl(f"{candidates_dir(task)}/{split}.jsonl")] for split in ("train", "test")}
-        rng = random.Random(f"{params.seed}-transplant-curves")  # the same curve items for every variant
-        curve_items = {split: rng.sample(split_items, min(params.transplant.n_curve, len(split_items)))
-                       for split, split_items in items.items()}
+        curve_items = transplant.curve_sample(items, params.transplant.n_curve, params.seed)
         metrics, curve, curves = transplant.train(model, tokenizer, items["train"], curve_items, config, params.seed,
                                                   batch_size, on_point=progress)
         predictions = transplant.predict(model, tokenizer, items["test"], config, batch_size)

@@ -280,6 +280,12 @@ def final_metrics(rows: list[dict]) -> dict[str, float]:
 
 # ---------------------------------------------------------------- training
 
+def curve_sample(items: dict[str, Sequence[ChoiceItem]], n: int, seed: int) -> dict[str, list[ChoiceItem]]:
+    """The items each curve point evaluates, per split: seeded, the same for every variant."""
+    rng = random.Random(f"{seed}-transplant-curves")
+    return {split: rng.sample(list(split_items), min(n, len(split_items))) for split, split_items in items.items()}
+
+
 def batches(n_items: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
     """The items of each step: seeded epochs of the training set, one batch after another."""
     rng = random.Random(f"{seed}-transplant-order")
