@@ -10,6 +10,7 @@ from cotlab import tracking
 from cotlab.data.schema import read_examples, write_json, write_jsonl
 from cotlab.evaluation.attribution import draft_attribution
 from cotlab.models import load_checkpoint
+from cotlab.progress import progress
 from cotlab.selfimprove import drafts_for, mean_with_ci
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_main
 
@@ -22,9 +23,10 @@ def main(params, task):
     metrics, rows = {}, []
     with tracking.stage_run(f"attribution@{task}", mlflow_params(params), task=task):
         for when, method in (("before_dpo", "cot_distill"), ("after_dpo", "dpo")):
-            model, tokenizer, _ = load_checkpoint(model_dir(method, task), params.model.device)
+            # float32 whatever the base's dtype: integrated gradients in bf16 miss IG's completeness check by far more
+            model, tokenizer, _ = load_checkpoint(model_dir(method, task), params.model.device, dtype="float32")
             results = [draft_attribution(model, tokenizer, ex, drafts[ex.id], n_steps=params.attribution.n_steps)
-                       for ex in sample]
+                       for ex in progress(sample, desc=f"attribution {method}", unit="question")]
             rows += [{"id": ex.id, "model": method, **vars(a)} for ex, a in zip(sample, results)]
             metrics[when] = {"n": len(results),
                              "median_relative_delta": float(np.nanmedian([a.relative_delta for a in results]))}

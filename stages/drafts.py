@@ -19,7 +19,8 @@ def main(params, task):
             start = time.perf_counter()
             rows, metrics[split] = student_drafts(model, tokenizer, read_examples(f"{data_dir(task)}/{split}.jsonl"),
                                                   params.drafts.max_new_tokens,
-                                                  params.drafts.batch_size or params.sizes.eval_batch_size)
+                                                  params.drafts.batch_size or params.sizes.eval_batch_size,
+                                                  params.drafts.stop_after_questions)
             metrics[split]["runtime_s"] = round(time.perf_counter() - start, 2)
             write_jsonl(f"{drafts_dir(task)}/{split}.jsonl", rows)
         write_json(f"metrics/drafts/{task}.json", metrics)

@@ -37,13 +37,15 @@ def main(params, task):
         del model
 
         model, tokenizer, _ = load_checkpoint(model_dir("cot_sft", task), params.model.device)
-        record("cot_sft", task, *evaluate(model, tokenizer, test, "cot", max_new_tokens(params, "cot"), batch_size))
+        record("cot_sft", task, *evaluate(model, tokenizer, test, "cot", max_new_tokens(params, "cot"), batch_size,
+                                          stop_at_answer=params.evaluate.stop_at_answer, desc="cot_sft"))
         del model
 
         model, tokenizer, _ = load_checkpoint(model_dir("base", task), params.model.device)
         shots = pick_shots(read_examples(f"{codi_data_dir(task)}/train.jsonl"), params.evaluate.few_shot, params.seed)
         record("base_fewshot_cot", task, *evaluate(model, tokenizer, test, "cot", max_new_tokens(params, "cot"),
-                                                   batch_size, shots))
+                                                   batch_size, shots, stop_at_answer=params.evaluate.stop_at_answer,
+                                                   desc="base_fewshot_cot"))
 
 
 if __name__ == "__main__":

@@ -45,13 +45,15 @@ def main(params, task):
     test = read_examples(f"{markovian_data_dir(task)}/test.jsonl")
     batch_size = params.evaluate.batch_size or params.sizes.eval_batch_size
     with tracking.stage_run(f"eval_markovian@{task}", mlflow_params(params), method="markovian", task=task):
+        base_cots: dict[str, list[int]] = {}  # the base's greedy CoTs are the same under both protocols: made once
         for variant in VARIANTS:
             model, tokenizer, manifest = load_checkpoint(model_dir(variant, task), params.model.device)
             cfg = manifest["markovian"]
             protocol = dict(tokenizer=tokenizer, examples=test, cot_length=cfg["cot_length"],
                             markovian=cfg["markovian"], answer_tokens=cfg["answer_tokens"], batch_size=batch_size)
             trained = markovian.two_stage(model, cfg["actor_reward_weight"] > 0, **protocol)
-            base = markovian.two_stage(model, False, cot_adapter=False, **protocol)  # adapters off: the base
+            base = markovian.two_stage(model, False, cot_adapter=False, cot_cache=base_cots,  # adapters off: the base
+                                       **protocol)
             trained_metrics, base_metrics = metrics_of(trained), metrics_of(base)
             # The reward itself, paired per question: the gold answer's log-prob after the trained vs the base CoT.
             diffs = [t["answer_logprob"] - b["answer_logprob"] for t, b in zip(trained, base)]

@@ -35,7 +35,7 @@ def main(params, method, task):
         for name, (shots, drafts, prefill) in runs.items():
             n_new = max_new_tokens(params, "direct" if prefill else template)
             predictions, metrics = evaluate(model, tokenizer, test, template, n_new, batch_size, shots, drafts,
-                                            prefill)
+                                            prefill, params.evaluate.stop_at_answer, desc=name)
             write_jsonl(f"eval/{name}/{task}/predictions.jsonl", predictions)
             write_json(f"metrics/eval/{name}/{task}.json", metrics)
             tracking.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})

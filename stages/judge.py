@@ -30,7 +30,8 @@ def main(params, task):
     with tracking.stage_run(f"judge@{task}", mlflow_params(params), task=task):
         model, tokenizer, _ = load_checkpoint(model_dir(cfg.challenger, task), params.model.device)
         drafts, draft_metrics = student_drafts(model, tokenizer, test, params.drafts.max_new_tokens,
-                                               params.drafts.batch_size or params.sizes.eval_batch_size)
+                                               params.drafts.batch_size or params.sizes.eval_batch_size,
+                                               params.drafts.stop_after_questions)
         del model
         challenger = {row["id"]: asked_questions(row) for row in drafts}
         pairs = judge_pairs(test, challenger, incumbent, params.seed)

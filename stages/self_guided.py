@@ -20,8 +20,10 @@ def run_round(params, name: str, start: str, task: str) -> dict:
     test = read_examples(f"{data_dir(task)}/test.jsonl")
     model, tokenizer, _ = load_checkpoint(model_dir(start, task), params.model.device)
     unique = list({ex.id: ex for ex in filtered}.values())  # upsampled rows share one draft
-    train_rows, train_drafts = student_drafts(model, tokenizer, unique, params.drafts.max_new_tokens, batch_size)
-    test_rows, test_drafts = student_drafts(model, tokenizer, test, params.drafts.max_new_tokens, batch_size)
+    train_rows, train_drafts = student_drafts(model, tokenizer, unique, params.drafts.max_new_tokens, batch_size,
+                                              params.drafts.stop_after_questions)
+    test_rows, test_drafts = student_drafts(model, tokenizer, test, params.drafts.max_new_tokens, batch_size,
+                                            params.drafts.stop_after_questions)
     del model
     new_draft = {row["id"]: row["draft"] for row in train_rows}
     pairs, pair_metrics = build_pairs([replace(ex, metadata={**ex.metadata, "draft": new_draft[ex.id]})
@@ -35,7 +37,8 @@ def run_round(params, name: str, start: str, task: str) -> dict:
     model, tokenizer, _ = load_checkpoint(model_dir(name, task), params.model.device)
     predictions, eval_metrics = evaluate(model, tokenizer, test, "cot", max_new_tokens(params, "cot"),
                                          params.evaluate.batch_size or params.sizes.eval_batch_size,
-                                         drafts=[row["draft"] for row in test_rows])
+                                         drafts=[row["draft"] for row in test_rows],
+                                         stop_at_answer=params.evaluate.stop_at_answer)
     write_jsonl(f"eval/{name}/{task}/predictions.jsonl", predictions)
     return {"start": start, "drafts_train": train_drafts, "drafts_test": test_drafts, "pairs": pair_metrics,
             "train": train_metrics, "eval": {k: v for k, v in eval_metrics.items() if not k.startswith("pred_share")}}

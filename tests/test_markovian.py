@@ -108,7 +108,7 @@ def test_policy_gradient_step_trains_the_adapter_only(actor):
 def test_sampler_gives_exactly_cot_length_tokens_even_when_eos_is_likely(actor):
     model, tokenizer = actor
     hook = model.get_output_embeddings().register_forward_hook(
-        lambda m, i, out: out.index_add(-1, torch.tensor([tokenizer.eos_token_id]), torch.full((*out.shape[:-1], 1), 50.0)))
+        lambda m, i, out: out.index_add(-1, torch.tensor([tokenizer.eos_token_id]), torch.full((*out.shape[:-1], 1), 50.0, dtype=out.dtype)))
     try:
         prompts = [M.cot_prompt_ids(tokenizer, ex, 7) for ex in arithmetic(2)]
         cots = M.TransformersSampler(model, tokenizer).sample(prompts, 3, 7, 1.0)
@@ -141,7 +141,7 @@ def plant_collapse(at_step, token_id, snapshots):
         snapshots[step - 1] = lora_snapshot(model)  # the weights after step - 1
         if step == at_step:
             model.get_output_embeddings().register_forward_hook(
-                lambda m, i, out: out.index_add(-1, torch.tensor([token_id]), torch.full((*out.shape[:-1], 1), 1e4)))
+                lambda m, i, out: out.index_add(-1, torch.tensor([token_id]), torch.full((*out.shape[:-1], 1), 1e4, dtype=out.dtype)))
     return on_step
 
 

@@ -74,6 +74,7 @@ class TrainConfig:
 class EvaluateConfig:
     few_shot: int = 3
     batch_size: int | None = None  # None = the scale's eval_batch_size
+    stop_at_answer: bool = True  # stop a row after its "The answer is: X" line (false: run to eos or the cap)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class CompareConfig:
 class DraftsConfig:
     max_new_tokens: int = 48
     batch_size: int | None = None  # None = the scale's eval_batch_size
+    stop_after_questions: bool = True  # stop a draft after its "Questions: ...?" line
 
 
 @dataclass

@@ -18,20 +18,22 @@ from typing import Sequence
 import numpy as np
 
 from cotlab.data.schema import DataError, Example, read_jsonl
-from cotlab.evaluation.generate import generate
 from cotlab.evaluation.stats import wilson_interval
 from cotlab.formats import draft_records
-from cotlab.prompts import draft_messages, judge_messages, render_messages
+from cotlab.prompts import DRAFT_STOP, draft_messages, judge_messages, render_messages
 
 ABLATIONS = ("no_draft", "shuffled_draft", "no_cot")
 NO_COT_PREFILL = "The answer is:"
 
 
-def student_drafts(model, tokenizer, examples: Sequence[Example], max_new_tokens: int,
-                   batch_size: int) -> tuple[list[dict], dict]:
+def student_drafts(model, tokenizer, examples: Sequence[Example], max_new_tokens: int, batch_size: int,
+                   stop_after_questions: bool = True) -> tuple[list[dict], dict]:
     """The model's draft for each example (the drafts stage's format) and how well it kept the format."""
+    from cotlab.evaluation.generate import generate  # torch: only the stages that generate pay for it
+
     prompts = [render_messages(tokenizer, draft_messages(ex)) for ex in examples]
-    return draft_records(examples, generate(model, tokenizer, prompts, max_new_tokens, batch_size))
+    return draft_records(examples, generate(model, tokenizer, prompts, max_new_tokens, batch_size,
+                                            stop=DRAFT_STOP if stop_after_questions else None, desc="drafts"))
 
 
 def drafts_for(examples: Sequence[Example], path: str) -> list[str]:

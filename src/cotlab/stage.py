@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 import sys
 import textwrap
+import time
 from typing import Callable
 
 from cotlab.config import ConfigError, Params, flatten, load_params
 from cotlab.data.schema import DataError
-from cotlab.models import ModelLoadError
+from cotlab.errors import ModelLoadError, TrainingDivergedError
+from cotlab.progress import quiet_bars_in_logs
 from cotlab.prompts import METHOD_TEMPLATES
 
-KNOWN_FAILURES = (ConfigError, DataError, ModelLoadError)
+KNOWN_FAILURES = (ConfigError, DataError, ModelLoadError, TrainingDivergedError)
 
 BASE_MODEL = "models/base"
 
@@ -74,15 +76,17 @@ def stage_main(name: str) -> Callable:
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def run() -> None:
-            from cotlab.methods.sft import TrainingDivergedError
-
+            started = time.perf_counter()
+            quiet_bars_in_logs()
             try:
                 params = load_params("params.yaml")
                 fn(params, *sys.argv[1:])
-            except (*KNOWN_FAILURES, TrainingDivergedError) as e:
+            except KNOWN_FAILURES as e:
                 message = f"cotlab: stage {name} failed ({type(e).__name__}): {e}"
                 print(textwrap.fill(message, width=110), file=sys.stderr)
                 sys.exit(2)
+            stage = " ".join([name, *sys.argv[1:]])
+            print(f"cotlab: {stage} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
         return run
 

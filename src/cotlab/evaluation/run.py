@@ -9,7 +9,7 @@ from cotlab.data.schema import Example
 from cotlab.evaluation.extract import extract_answer, is_correct
 from cotlab.evaluation.generate import generate
 from cotlab.evaluation.stats import summarize
-from cotlab.prompts import render_prompt
+from cotlab.prompts import FIRST_LINE_STOP, TEMPLATE_STOPS, render_prompt
 
 
 def pick_shots(train: Sequence[Example], k: int, seed: int) -> list[Example]:
@@ -23,12 +23,15 @@ def pick_shots(train: Sequence[Example], k: int, seed: int) -> list[Example]:
 
 def evaluate(model, tokenizer, examples: Sequence[Example], template: str, max_new_tokens: int,
              batch_size: int, shots: Sequence[Example] = (), drafts: Sequence[str] | None = None,
-             prefill: str = "") -> tuple[list[dict], dict]:
+             prefill: str = "", stop_at_answer: bool = True, desc: str = "evaluate") -> tuple[list[dict], dict]:
     """`drafts`: one student draft per example, shown in the prompt ("Student draft: ..."); `prefill`: text the
-    answer is forced to start with (e.g. "The answer is:" to answer without reasoning), scored as part of it."""
+    answer is forced to start with (e.g. "The answer is:" to answer without reasoning), scored as part of it;
+    `stop_at_answer`: a row stops after its answer line (the template's stop pattern, cotlab.prompts)."""
     prompts = [render_prompt(tokenizer, ex, template, shots, draft=None if drafts is None else drafts[i]) + prefill
                for i, ex in enumerate(examples)]
-    generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    stop = (FIRST_LINE_STOP if prefill else TEMPLATE_STOPS[template]) if stop_at_answer else None
+    generations = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           stop=stop, desc=desc)
     return score(examples, prompts, generations, prefill)
 
 

@@ -162,6 +162,12 @@ class CODI(nn.Module):
         self.prj = (Projection(width, config.prj_dim or width, config.prj_dropout, not config.prj_no_ln)
                     if config.use_prj else nn.Identity())
 
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """prj(h), computed in the projection's own dtype: it is trainable, so fp32 like LoRA, while the frozen base
+        may run in bf16."""
+        weight = next(self.prj.parameters(), None)
+        return self.prj(hidden if weight is None else hidden.to(weight.dtype))
+
     def _dropout_active(self) -> bool:
         return self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.lm.modules())
 
@@ -177,7 +183,7 @@ class CODI(nn.Module):
         for _ in range(num_latent):
             if record is not None:
                 record.append(out.hidden_states[-1][:, -1].detach())
-            latent = self.prj(out.hidden_states[-1][:, -1:])
+            latent = self.project(out.hidden_states[-1][:, -1:])
             norms.append(latent.detach().float().norm(dim=-1).mean())
             mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
             out = self.lm(inputs_embeds=latent.to(self.lm.dtype), attention_mask=mask, position_ids=next_position,
@@ -259,13 +265,17 @@ def predict(codi: "CODI", tokenizer, examples: Sequence[Example], token_ids: dic
             batch_size: int) -> list[LatentGeneration]:
     """Latent inference for each example (K = inf_latent_iterations thoughts, then greedy decoding after <eot>)."""
     device = next(codi.parameters()).device
+    from cotlab.progress import progress
+
     out: list[LatentGeneration] = []
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in question_batch(tokenizer, examples[start:start + batch_size],
-                                                              token_ids).items()}
-        for ids in codi.generate(batch["question_ids"], batch["question_mask"], token_ids["eot"], max_new_tokens):
-            out.append(LatentGeneration(tokenizer.decode(ids, skip_special_tokens=True),
-                                        truncated=len(ids) >= max_new_tokens, n_new_tokens=len(ids)))
+    with progress(total=len(examples), desc="codi latent", unit="question") as bar:
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in question_batch(tokenizer, examples[start:start + batch_size],
+                                                                  token_ids).items()}
+            for ids in codi.generate(batch["question_ids"], batch["question_mask"], token_ids["eot"], max_new_tokens):
+                out.append(LatentGeneration(tokenizer.decode(ids, skip_special_tokens=True),
+                                            truncated=len(ids) >= max_new_tokens, n_new_tokens=len(ids)))
+            bar.update(min(batch_size, len(examples) - start))
     return out
 
 
@@ -342,6 +352,7 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIRunCon
     from transformers import TrainingArguments
 
     from cotlab.methods.sft import TrainingDivergedError, _on_cuda
+    from cotlab.progress import progress_disabled
 
     data = [encode(tokenizer, ex) for ex in examples if ex.reasoning.strip()]
     if not data:
@@ -355,7 +366,7 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIRunCon
             warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
             lr_scheduler_type=config.lr_scheduler, logging_steps=config.logging_steps, logging_first_step=True,
             save_strategy="no", report_to=config.report_to, seed=config.seed, data_seed=config.seed,
-            remove_unused_columns=False, disable_tqdm=True, bf16=config.bf16 and _on_cuda(codi.lm),
+            remove_unused_columns=False, disable_tqdm=progress_disabled(), bf16=config.bf16 and _on_cuda(codi.lm),
             use_cpu=not _on_cuda(codi.lm), dataloader_num_workers=0,
         )
         trainer = trainer_class()(

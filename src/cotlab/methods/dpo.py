@@ -163,6 +163,7 @@ def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
     from trl import DPOConfig
 
     from cotlab.methods.sft import LossCurve, TrainingDivergedError, _on_cuda
+    from cotlab.progress import progress_disabled
 
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in pairs])
     guard = LossCurve()
@@ -174,7 +175,7 @@ def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
             lr_scheduler_type="constant_with_warmup",  # the schedule's beta changes; the step size should not
             logging_steps=config.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
             precompute_ref_log_probs=config.precompute_ref, save_strategy="no", report_to=config.report_to or [],
-            seed=config.seed, data_seed=config.seed, gradient_checkpointing=False, disable_tqdm=True,
+            seed=config.seed, data_seed=config.seed, gradient_checkpointing=False, disable_tqdm=progress_disabled(),
             use_cpu=not _on_cuda(model), dataloader_num_workers=0,
         )
         trainer_class = scheduled_trainer(config.schedule, config.drop_fraction, config.dr_beta)

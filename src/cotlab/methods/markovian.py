@@ -40,6 +40,7 @@ from cotlab.config import CollapseLimits, MarkovianConfig  # noqa: F401 (Collaps
 from cotlab.data.schema import Example
 from cotlab.evaluation.extract import extract_answer, is_correct
 from cotlab.methods.sft import TrainingDivergedError
+from cotlab.progress import progress
 from cotlab.prompts import MARKOVIAN_ANSWER_CUE, markovian_gold, markovian_prefix
 
 
@@ -248,17 +249,25 @@ PRIMARY_VARIANT = {"number": "anchored", "choice": "word_boundary"}
 
 @torch.no_grad()
 def two_stage(actor, answerer_adapter: bool, tokenizer, examples: Sequence[Example], cot_length: int,
-              markovian: bool, answer_tokens: int, batch_size: int, cot_adapter: bool = True) -> list[dict]:
+              markovian: bool, answer_tokens: int, batch_size: int, cot_adapter: bool = True,
+              cot_cache: dict[str, list[int]] | None = None) -> list[dict]:
     """Stage 1: a greedy CoT of `cot_length` tokens from the question. Stage 2: the answer decoded greedily after the
     CoT and " Answer:", from the CoT alone (markovian) or with the question; plus the gold answer's log-prob there.
-    `cot_adapter` / `answerer_adapter`: whether the actor's adapter is on for each stage (off = the frozen base)."""
+    `cot_adapter` / `answerer_adapter`: whether the actor's adapter is on for each stage (off = the frozen base).
+    `cot_cache`: question id -> CoT ids, reused when present and filled otherwise, for callers that run stage 1 of
+    the same model on the same questions twice (the base's CoTs under both protocols)."""
     sampler = TransformersSampler(actor, tokenizer)
     pad = tokenizer.pad_token_id
     rows_out = []
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
-        prompts = [cot_prompt_ids(tokenizer, ex, cot_length) for ex in batch]
-        cots = sampler.sample(prompts, 1, cot_length, 0.0, adapter=cot_adapter)
+        if cot_cache is not None and all(ex.id in cot_cache for ex in batch):
+            cots = torch.tensor([cot_cache[ex.id] for ex in batch], device=next(actor.parameters()).device)
+        else:
+            prompts = [cot_prompt_ids(tokenizer, ex, cot_length) for ex in batch]
+            cots = sampler.sample(prompts, 1, cot_length, 0.0, adapter=cot_adapter)
+            if cot_cache is not None:
+                cot_cache.update({ex.id: c for ex, c in zip(batch, cots.tolist())})
         rewards = [reward_row(tokenizer, ex, c, cot_length, markovian) for ex, c in zip(batch, cots.tolist())]
         ids, mask = _left_pad([r.context for r in rewards], pad, cots.device)
         with adapter_state(actor, answerer_adapter):
@@ -514,6 +523,7 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
 
     if not state["eval_curve"]:
         evaluate_now(0)
+    bar = progress(total=config.steps, initial=state["step"], desc="markovian RL steps", unit="step")
     while state["step"] < config.steps:
         step = state["step"] + 1
         if on_step is not None:
@@ -531,6 +541,7 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
                 "markovian.lr, raise markovian.kl_penalty, or turn off markovian.use_ppo / actor_reward_weight; "
                 "`dvc repro` resumes from the kept checkpoint when only the limits change.") from None
         state["step"] = step
+        bar.update(1)
         monitors.pop("updates")
         state["curve"].append({"step": step, **monitors})
         log(f"step {step}: answer log-prob {monitors['answer_logprob']:.3f}, reward {monitors['reward']:+.3f}, "
@@ -539,6 +550,7 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
             evaluate_now(step)
         if step % config.save_every == 0 or step == config.steps:
             checkpoints.save(actor, optimizer, state)
+    bar.close()
     curve, eval_curve = state["curve"], state["eval_curve"]
     quarter = max(len(curve) // 4, 1)
     values = [row["answer_logprob"] for row in curve]

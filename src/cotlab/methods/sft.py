@@ -21,11 +21,9 @@ from typing import Any, Sequence
 from transformers import TrainerCallback
 
 from cotlab.data.schema import DataError, Example
+from cotlab.errors import TrainingDivergedError
+from cotlab.progress import progress_disabled
 from cotlab.prompts import render_training
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 @dataclass
@@ -130,7 +128,7 @@ def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -
             # Padding-free rows are concatenations, so max_length is enforced by build_dataset instead.
             max_length=None if config.padding_free else config.max_length,
             dataloader_num_workers=0,
-            disable_tqdm=True,
+            disable_tqdm=progress_disabled(),
             use_cpu=not _on_cuda(model),
             bf16=_on_cuda(model) and _bf16(model),
         )

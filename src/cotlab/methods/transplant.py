@@ -35,6 +35,7 @@ from cotlab.config import ConfigError, TransplantConfig
 from cotlab.data.schema import DataError
 from cotlab.evaluation.stats import mcnemar_exact, summarize, wilson_interval
 from cotlab.methods.sft import TrainingDivergedError
+from cotlab.progress import progress
 from cotlab.prompts import (TRANSPLANT_CUE, explanation_slot, render_messages, transplant_choice_messages,
                             transplant_solve_messages)
 
@@ -319,7 +320,8 @@ def train(model, tokenizer, items: Sequence[ChoiceItem], curve_items: dict[str, 
 
     curve, eval_curve = [], [point(0)]
     model.train()
-    for step, indices in enumerate(batches(len(items), config.batch_size, config.steps, seed), start=1):
+    steps = batches(len(items), config.batch_size, config.steps, seed)
+    for step, indices in enumerate(progress(steps, desc="transplant steps", unit="step"), start=1):
         started = time.perf_counter()
         batch = [items[i] for i in indices]
         logits = verdict_logits(model, tokenizer, batch, config, identifiers)
