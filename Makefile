@@ -26,9 +26,12 @@ repro: $(STAMP)
 	test -d .git || git init -q
 	dvc repro
 
+# Two workers: the tiny DAG (tests/test_pipeline.py, run first) on one, every other test file on the other.
 test: $(STAMP)
-	pytest -q
+	pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
+	python benchmarks/bf16_vs_fp32.py
+	python benchmarks/stage_overhead.py
 	python benchmarks/sft_throughput.py
 	python benchmarks/eval_batching.py

@@ -12,11 +12,12 @@ from cotlab.models import EMBEDDED, TINY, prepare_base
 CACHE = Path(__file__).parent / "results"
 
 
-def base_model(name: str) -> Path:
-    """models/base for `name` (embedded or tiny-random), prepared once and cached under benchmarks/results/."""
-    path = CACHE / f"base-{name}"
+def base_model(name: str, dtype: str = "float32") -> Path:
+    """models/base for `name` (embedded or tiny-random), prepared once and cached under benchmarks/results/. Stored
+    in float32 by default, so a bf16 copy is one cast away (load_checkpoint(..., dtype="bfloat16"))."""
+    path = CACHE / f"base-{name}-{dtype}"
     if not (path / "manifest.json").is_file():
-        prepare_base(name, path)
+        prepare_base(name, path, dtype=dtype)
     return path
 
 

@@ -3,6 +3,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -74,6 +75,11 @@ def test_whole_dag_at_tiny_scale(repo):
             "candidates@svamp", "sft@strategyqa", "cot_distill@strategyqa", "pairs@strategyqa", "dpo@strategyqa",
             "evaluate@dpo-strategyqa", "attribution@strategyqa", "judge@strategyqa", "self_guided@round1-strategyqa",
             "compare"} <= stages
+    # Each stage ends with one line giving its wall time; long steps show tqdm bars with counts.
+    log = repo["repro_log"]
+    for stage in ("prepare_model", "data strategyqa", "train sft strategyqa", "evaluate dpo strategyqa", "compare"):
+        assert re.search(rf"cotlab: {stage} done in \d+\.\d s", log), stage
+    assert re.search(r"dpo_no_draft: 100%\|.*\| 12/12", log) and "drafts: 100%" in log
 
 
 def test_codi_stages_train_evaluate_latently_probe_and_pair_with_and_without_the_universe(repo):

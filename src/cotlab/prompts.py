@@ -36,7 +36,7 @@ _INSTRUCTION = {
 # that completes the template's format. The instructions ask the model to *finish* with "The answer is: X", so
 # anything after that line is not part of the answer; a 135M model otherwise often rambles on to the token cap
 # (53-63% of StrategyQA Phase B/C outputs did at 128 tokens). Each pattern ends with a newline.
-ANSWER_LINE_STOP = r"(?i)\bthe answer is\b:?\s*[^\W_][^\n]*\n"
+ANSWER_LINE_STOP = r"(?i)\bthe answer is\b:?\s*\**[^\W_][^\n]*\n"
 FIRST_LINE_STOP = r"[^\W_][^\n]*\n"  # after a prefilled "The answer is:", the value's line
 DRAFT_STOP = r"Questions:[^\n]*\?[^\n]*\n"  # the draft's last line: its clarifying questions
 TEMPLATE_STOPS = {"direct": ANSWER_LINE_STOP, "cot": ANSWER_LINE_STOP}
