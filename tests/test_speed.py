@@ -129,7 +129,7 @@ print(",".join(heavy))
     assert out.stdout.strip() == ""
 
 
-def test_the_base_cots_are_made_once_for_both_protocols(tiny_base, tokenizer):
+def test_the_base_cots_are_made_once_for_both_protocols(tiny_base, tokenizer, monkeypatch):
     from cotlab.data.sources import load_task
     from cotlab.methods import markovian as M
 
@@ -141,15 +141,12 @@ def test_the_base_cots_are_made_once_for_both_protocols(tiny_base, tokenizer):
                     cot_adapter=False)
     calls = []
     sample = M.TransformersSampler.sample
-    M.TransformersSampler.sample = lambda self, *a, **k: calls.append(1) or sample(self, *a, **k)
-    try:
-        cache: dict = {}
-        markovian = M.two_stage(model, False, markovian=True, cot_cache=cache, **protocol)
-        shared = M.two_stage(model, False, markovian=False, cot_cache=cache, **protocol)
-        n_shared = len(calls)
-        fresh = M.two_stage(model, False, markovian=False, **protocol)
-    finally:
-        M.TransformersSampler.sample = sample
+    monkeypatch.setattr(M.TransformersSampler, "sample", lambda self, *a, **k: calls.append(1) or sample(self, *a, **k))
+    cache: dict = {}
+    markovian = M.two_stage(model, False, markovian=True, cot_cache=cache, **protocol)
+    shared = M.two_stage(model, False, markovian=False, cot_cache=cache, **protocol)
+    n_shared = len(calls)
+    fresh = M.two_stage(model, False, markovian=False, **protocol)
     assert n_shared == 2 and len(calls) == 4  # 6 questions in batches of 4: 2 sampling calls per protocol run
     assert set(cache) == {ex.id for ex in test}
     assert shared == fresh and [r["cot"] for r in markovian] == [r["cot"] for r in fresh]
