@@ -47,7 +47,9 @@ def main(params, task):
     with tracking.stage_run(f"eval_markovian@{task}", mlflow_params(params), method="markovian", task=task):
         base_cots: dict[str, list[int]] = {}  # the base's greedy CoTs are the same under both protocols: made once
         for variant in VARIANTS:
-            model, tokenizer, manifest = load_checkpoint(model_dir(variant, task), params.model.device)
+            # the PeftModel itself: the base protocol switches its adapter off
+            model, tokenizer, manifest = load_checkpoint(model_dir(variant, task), params.model.device,
+                                                         merge_adapter=False)
             cfg = manifest["markovian"]
             protocol = dict(tokenizer=tokenizer, examples=test, cot_length=cfg["cot_length"],
                             markovian=cfg["markovian"], answer_tokens=cfg["answer_tokens"], batch_size=batch_size)

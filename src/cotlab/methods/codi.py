@@ -153,7 +153,8 @@ class Projection(nn.Sequential):
 
 
 class CODI(nn.Module):
-    """A causal LM with LoRA (`lm`, a PEFT model) and the projection of continuous thoughts (`prj`)."""
+    """A causal LM with LoRA (`lm`: a PEFT model in training, the merged plain model once loaded for inference) and
+    the projection of continuous thoughts (`prj`)."""
 
     def __init__(self, lm, config: CODIConfig):
         super().__init__()
@@ -409,7 +410,8 @@ def save(codi: CODI, tokenizer, out_dir, base_path, params: dict, n_base_vocab: 
 
 
 def load(path, device: str = "auto") -> tuple[CODI, object, dict]:
-    """(CODI in eval mode, tokenizer, manifest), rebuilt from the checkpoint's manifest alone."""
+    """(CODI in eval mode, tokenizer, manifest), rebuilt from the checkpoint's manifest alone, its LoRA adapter
+    merged into the base weights for inference speed (see cotlab.models.load_checkpoint)."""
     from pathlib import Path
 
     from peft import PeftModel
@@ -432,7 +434,7 @@ def load(path, device: str = "auto") -> tuple[CODI, object, dict]:
         model.get_input_embeddings().weight[n_base:] = rows["input"]
         if "output" in rows:
             model.get_output_embeddings().weight[n_base:] = rows["output"]
-    codi = CODI(PeftModel.from_pretrained(model, str(path)), CODIConfig(**manifest["codi"]))
+    codi = CODI(PeftModel.from_pretrained(model, str(path)).merge_and_unload(), CODIConfig(**manifest["codi"]))
     codi.prj.load_state_dict(load_file(str(path / manifest["extra_modules"]["projection"])))
-    codi.to(next(model.parameters()).device).eval()
+    codi.to(next(model.parameters()).device).eval().requires_grad_(False)
     return codi, tokenizer, manifest
