@@ -18,7 +18,7 @@ from dataclasses import replace
 from _common import CACHE, PeakRSS, base_model, examples, model_arg
 from cotlab.config import DPOPhase
 from cotlab.data.pairs import build_pairs
-from cotlab.data.schema import Example
+from cotlab.schema import Example
 from cotlab.formats import oracle_teacher, parse_teacher
 from cotlab.methods import dpo, sft
 from cotlab.models import load_for_training

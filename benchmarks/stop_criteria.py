@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from _common import CACHE
-from cotlab.data.schema import read_examples
+from cotlab.schema import read_examples
 from cotlab.evaluation.run import evaluate
 from cotlab.evaluation.stats import mcnemar_exact
 from cotlab.models import load_checkpoint
-from cotlab.selfimprove import drafts_for
+from cotlab.selfimprove.drafts import drafts_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {  # task -> (checkpoint, test split, drafts shown)

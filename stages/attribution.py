@@ -7,11 +7,12 @@ import random
 import numpy as np
 
 from cotlab import tracking
-from cotlab.data.schema import read_examples, write_json, write_jsonl
+from cotlab.schema import read_examples, write_json, write_jsonl
 from cotlab.evaluation.attribution import draft_attribution
 from cotlab.models import load_checkpoint
 from cotlab.progress import progress
-from cotlab.selfimprove import drafts_for, mean_with_ci
+from cotlab.evaluation.stats import mean_with_ci
+from cotlab.selfimprove.drafts import drafts_for
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_main
 
 

@@ -2,7 +2,7 @@
 argument that picks one (the correct one at `argument_correct_rate`), for transplant verification."""
 from cotlab import tracking
 from cotlab.data.candidates import make_candidates, oracle_candidates
-from cotlab.data.schema import write_json, write_jsonl
+from cotlab.schema import write_json, write_jsonl
 from cotlab.data.sources import load_task
 from cotlab.stage import candidates_dir, mlflow_params, stage_main
 from cotlab.teacher import Teacher

@@ -4,7 +4,7 @@ the adapter, the projection and the added <bot>/<eot> tokens, and the loss parts
 from dataclasses import asdict
 
 from cotlab import tracking
-from cotlab.data.schema import read_examples, write_json
+from cotlab.schema import read_examples, write_json
 from cotlab.methods import codi
 from cotlab.methods.sft import write_curve
 from cotlab.models import load_for_training, resolve_device

@@ -4,7 +4,7 @@ the thoughts replace: reports/codi_probe/<task>/probe.md (readable) and probe.js
 import random
 from pathlib import Path
 
-from cotlab.data.schema import read_examples, write_jsonl
+from cotlab.schema import read_examples, write_jsonl
 from cotlab.methods import codi
 from cotlab.stage import codi_data_dir, model_dir, stage_main
 

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from cotlab import tracking
-from cotlab.data.schema import write_json
+from cotlab.schema import write_json
 from cotlab.evaluation.compare import (compare, compare_pairs, load_predictions, markdown, verification,
                                       write_accuracy_plot)
 from cotlab.stage import mlflow_params, stage_main

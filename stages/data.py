@@ -3,7 +3,7 @@ class shares. An optional second argument names the group folder: data/<group>/<
 from collections import Counter
 
 from cotlab import tracking
-from cotlab.data.schema import write_json, write_jsonl
+from cotlab.schema import write_json, write_jsonl
 from cotlab.data.sources import load_task
 from cotlab.stage import data_dir, mlflow_params, stage_main
 

@@ -1,17 +1,18 @@
 """Stage dpo@<task> (Phase C): DPO from the Phase B adapter on data/pairs/<task>, with the beta schedule and the
 calibrated and robust variants of params `dpo`."""
 from cotlab import tracking
-from cotlab.data.schema import read_jsonl, write_json
+from cotlab.schema import read_jsonl, write_json
 from cotlab.methods.sft import write_curve
-from cotlab.selfimprove import train_dpo
-from cotlab.stage import mlflow_params, model_dir, pairs_dir, stage_main
+from cotlab.methods.dpo import train_checkpoint
+from cotlab.stage import BASE_MODEL, mlflow_params, model_dir, pairs_dir, stage_main
 
 
 @stage_main("dpo")
 def main(params, task):
     pairs = read_jsonl(f"{pairs_dir(task)}/train.jsonl")
     with tracking.stage_run(f"dpo@{task}", mlflow_params(params), method="dpo", task=task):
-        metrics, curve = train_dpo(params, task, model_dir("cot_distill", task), pairs, model_dir("dpo", task))
+        metrics, curve = train_checkpoint(params, task, BASE_MODEL, model_dir("cot_distill", task), pairs,
+                                   model_dir("dpo", task))
         write_curve(curve, f"plots/train/dpo/{task}.csv")
         write_json(f"metrics/train/dpo/{task}.json", metrics)
         tracking.log_metrics(metrics)

@@ -4,9 +4,9 @@ draft-conditioned models and to the judge."""
 import time
 
 from cotlab import tracking
-from cotlab.data.schema import read_examples, write_json, write_jsonl
+from cotlab.schema import read_examples, write_json, write_jsonl
 from cotlab.models import load_checkpoint
-from cotlab.selfimprove import student_drafts
+from cotlab.selfimprove.drafts import student_drafts
 from cotlab.stage import BASE_MODEL, data_dir, drafts_dir, mlflow_params, stage_main
 
 

@@ -5,7 +5,7 @@ CODI: question + <bot>, `codi.inf_latent_iterations` continuous thoughts, <eot>,
 "The answer is: X"; the answer is extracted by its type (a name, a number). The checkpoint's manifest rebuilds the
 model (projection, added tokens, adapter), so evaluation cannot differ from what was trained."""
 from cotlab import tracking
-from cotlab.data.schema import read_examples, write_json, write_jsonl
+from cotlab.schema import read_examples, write_json, write_jsonl
 from cotlab.evaluation.run import evaluate, pick_shots, score
 from cotlab.methods import codi
 from cotlab.models import load_checkpoint

@@ -8,7 +8,7 @@ The answer is decoded by the model that scored the reward in training (the froze
 from scipy.stats import ttest_1samp, wilcoxon
 
 from cotlab import tracking
-from cotlab.data.schema import read_examples, write_json, write_jsonl
+from cotlab.schema import read_examples, write_json, write_jsonl
 from cotlab.evaluation.stats import summarize, wilson_interval
 from cotlab.methods import markovian
 from cotlab.models import load_checkpoint

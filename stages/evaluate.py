@@ -6,10 +6,11 @@ with the student's test drafts in the prompt when it was trained on them (Phase 
 under the draft ablations (no draft, another question's draft, no reasoning), on the same questions.
 """
 from cotlab import tracking
-from cotlab.data.schema import read_examples, write_json, write_jsonl
+from cotlab.schema import read_examples, write_json, write_jsonl
 from cotlab.evaluation.run import evaluate, pick_shots
 from cotlab.models import load_checkpoint
-from cotlab.selfimprove import ABLATIONS, ablation_inputs, drafts_for
+from cotlab.selfimprove.ablations import ABLATIONS, ablation_inputs
+from cotlab.selfimprove.drafts import drafts_for
 from cotlab.stage import data_dir, drafts_dir, max_new_tokens, mlflow_params, model_dir, stage_main
 
 

@@ -1,7 +1,7 @@
 """Stage filter@<task>: teacher outputs -> training data (format, agreement, dedupe, length), class-rebalanced."""
 from cotlab import tracking
 from cotlab.data.filtering import CLASS_TYPES, class_report, filter_examples, rebalance
-from cotlab.data.schema import read_examples, read_jsonl, write_json, write_jsonl
+from cotlab.schema import read_examples, read_jsonl, write_json, write_jsonl
 from cotlab.stage import data_dir, drafts_dir, filtered_dir, mlflow_params, stage_main, teacher_dir
 
 

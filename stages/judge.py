@@ -1,25 +1,15 @@
 """Stage judge@<task>: an LLM judge compares the clarifying questions of the challenger (judge.challenger, Phase C
 by default) with the base student's, question by question, in a seeded random order; the win rate with a Wilson
 95% CI. The judge is any teacher backend (`local` runs offline); prompts and raw verdicts are kept."""
-import re
 import sys
 
 from cotlab import tracking
-from cotlab.data.schema import read_examples, read_jsonl, write_json, write_jsonl
+from cotlab.schema import read_examples, read_jsonl, write_json, write_jsonl
 from cotlab.models import load_checkpoint
-from cotlab.selfimprove import judge_pairs, parse_verdict, student_drafts, win_rate
+from cotlab.selfimprove.drafts import student_drafts
+from cotlab.selfimprove.judge import asked_questions, judge_pairs, parse_verdict, win_rate
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_main
 from cotlab.teacher import Request, Teacher
-
-
-def asked_questions(row: dict, limit: int = 3) -> list[str]:
-    """The questions a draft asks: its `Questions:` line when it kept the format, else the distinct questions in
-    its text. A trained model may drop the draft format and list sub-questions ("1. Who was ...?"): those are
-    still its questions to the teacher. At most `limit`, both sides alike; repeats count once."""
-    found = row["questions"] or [re.sub(r"^\s*(?:\d+[.)]|[-*])\s*", "", q).strip() + "?"
-                                 for q in re.findall(r"[^?\n]+(?=\?)", row["draft"])]
-    distinct = list(dict.fromkeys(q for q in found if len(q) > 3))
-    return distinct[:limit]
 
 
 @stage_main("judge")

@@ -9,7 +9,7 @@ from dataclasses import asdict, fields
 
 from cotlab import tracking
 from cotlab.config import MarkovianConfig
-from cotlab.data.schema import read_examples, write_json
+from cotlab.schema import read_examples, write_json
 from cotlab.methods import markovian
 from cotlab.methods.sft import write_curve
 from cotlab.models import load_for_training, resolve_device, save_adapter

@@ -3,9 +3,9 @@
 when wrong, else a flipped answer)."""
 from cotlab import tracking
 from cotlab.data.pairs import build_pairs
-from cotlab.data.schema import read_examples, write_json, write_jsonl
+from cotlab.schema import read_examples, write_json, write_jsonl
 from cotlab.models import load_tokenizer
-from cotlab.selfimprove import pair_examples
+from cotlab.data.pairs import pair_examples
 from cotlab.stage import BASE_MODEL, filtered_dir, mlflow_params, pairs_dir, stage_main
 
 

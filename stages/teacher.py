@@ -4,7 +4,7 @@ Answers come from the response cache when they were asked before; only new reque
 With teacher.dry_run nothing is sent: requests.jsonl lists what would be, with token and cost estimates.
 """
 from cotlab import tracking
-from cotlab.data.schema import read_examples, read_jsonl, write_json, write_jsonl
+from cotlab.schema import read_examples, read_jsonl, write_json, write_jsonl
 from cotlab.formats import oracle_teacher
 from cotlab.prompts import teacher_messages
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, stage_main, teacher_dir

@@ -5,10 +5,11 @@ dataset's reasoning), from the base model."""
 from dataclasses import asdict
 
 from cotlab import tracking
-from cotlab.data.schema import read_examples, write_json
+from cotlab.schema import read_examples, write_json
 from cotlab.methods import cot_distill, sft
 from cotlab.models import load_for_training, resolve_device, save_adapter
-from cotlab.stage import BASE_MODEL, codi_data_dir, filtered_dir, mlflow_params, model_dir, stage_main, template_for
+from cotlab.prompts import template_for
+from cotlab.stage import BASE_MODEL, codi_data_dir, filtered_dir, mlflow_params, model_dir, stage_main
 
 TRAINERS = {"sft": sft.train, "cot_distill": cot_distill.train, "cot_sft": cot_distill.train}
 

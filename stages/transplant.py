@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from cotlab import tracking
 from cotlab.config import TransplantConfig
-from cotlab.data.schema import read_jsonl, write_json, write_jsonl
+from cotlab.schema import read_jsonl, write_json, write_jsonl
 from cotlab.methods import transplant
 from cotlab.methods.sft import write_curve
 from cotlab.models import load_for_training, resolve_device, save_adapter

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import LORA
-from cotlab.data.schema import Example
+from cotlab.schema import Example
 from cotlab.methods import codi as C
 
 
@@ -172,9 +172,9 @@ def test_probe_reads_each_thought_through_the_lm_head(model_and_tokenizer):
     assert thoughts[0]["probs"][0] == pytest.approx(float(torch.softmax(logits, -1).max()), abs=1e-4)
 
 
-def test_targets_come_from_a_clean_pass_only_when_dropout_is_active(tiny_base):
+def test_targets_come_from_a_separate_pass_only_when_dropout_is_active(tiny_base):
     """Without dropout the CE pass's states, detached, are the targets (one teacher pass saved); with LoRA dropout
-    in training a separate no-grad pass keeps the dropout noise out of the targets."""
+    in training a separate no-grad pass gives them, as in the reference (its own dropout masks, not noise-free)."""
     from cotlab.models import load_for_training
 
     for dropout, expected in ((0.0, False), (0.1, True)):

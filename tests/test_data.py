@@ -5,7 +5,7 @@ import pytest
 
 from cotlab.config import ConfigError
 from cotlab.data import personal_relations
-from cotlab.data.schema import ANSWER_TYPES, DataError
+from cotlab.schema import ANSWER_TYPES, DataError
 from cotlab.data.sources import (arc_row, wiki_row, gsm8k_aug_row, gsm8k_row, load_task, mathqa_row, mmlu_row, normalize_number,
                                  normalize_question, strategyqa_row, svamp_row, aqua_row)
 
@@ -258,7 +258,7 @@ def test_config_errors(spec, pattern):
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
-    from cotlab.data.schema import read_jsonl, write_jsonl
+    from cotlab.schema import read_jsonl, write_jsonl
 
     path = tmp_path / "rows.jsonl"
     write_jsonl(path, [{"a": 1}, {"a": 2}])

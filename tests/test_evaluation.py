@@ -3,7 +3,7 @@ import pytest
 from cotlab.evaluation.compare import compare, load_predictions, markdown, verification
 from cotlab.evaluation.generate import generate
 from cotlab.evaluation.run import evaluate, pick_shots
-from cotlab.data.schema import DataError, write_jsonl
+from cotlab.schema import DataError, write_jsonl
 from cotlab.models import load_checkpoint
 from cotlab.prompts import render_prompt
 

@@ -1,6 +1,6 @@
 import pytest
 
-from cotlab.evaluation.extract import extract_answer, is_correct, normalize_answer
+from cotlab.answers import extract_answer, is_correct, normalize_answer
 
 TYPES = ["number", "choice", "yes_no", "name", "text"]
 

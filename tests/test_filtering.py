@@ -2,7 +2,7 @@ import pytest
 
 from cotlab.config import FilterConfig
 from cotlab.data.filtering import DROP_REASONS, class_report, filter_examples, rebalance
-from cotlab.data.schema import DataError, Example
+from cotlab.schema import DataError, Example
 from cotlab.formats import render_teacher
 
 STEPS = ["The Nile is over 6000 km long.", "Long rivers are often navigable."]

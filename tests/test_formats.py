@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cotlab.data.candidates import _wrong_values, assign_labels, corrupt_solution, oracle_candidates, strip_calculator
-from cotlab.data.schema import Example
+from cotlab.schema import Example
 from cotlab.data.sources import load_task
 from cotlab.formats import (
     oracle_teacher,
@@ -19,7 +19,7 @@ from cotlab.formats import (
     render_teacher,
 )
 from cotlab.prompts import display_answer
-from cotlab.teacher import OracleUnavailable
+from cotlab.errors import OracleUnavailable
 
 TYPES = ["number", "choice", "yes_no", "name", "text"]
 
@@ -450,7 +450,7 @@ def test_last_final_answer_wins_and_questions_stop_at_the_answer_line():
 def test_make_candidates_keeps_usable_rows_and_names_an_empty_result(gsm8k, strategyqa):
     from cotlab.config import TeacherConfig
     from cotlab.data.candidates import make_candidates, oracle_candidates
-    from cotlab.data.schema import DataError
+    from cotlab.schema import DataError
     from cotlab.teacher import Teacher
 
     teacher = Teacher(TeacherConfig(backend="oracle"), oracle=lambda r: oracle_candidates(r.example, r.context))

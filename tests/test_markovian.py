@@ -8,7 +8,7 @@ import torch
 
 from conftest import LORA
 from cotlab.config import ConfigError
-from cotlab.data.schema import Example
+from cotlab.schema import Example
 from cotlab.methods import markovian as M
 
 QUESTION = "How many zebras juggle quartz pebbles if 17 + 25 ="

@@ -80,7 +80,7 @@ def test_nan_loss_stops_training_with_a_clear_error(tiny_base, examples):
 
 
 def test_examples_longer_than_max_length_are_dropped_and_counted(tokenizer, examples):
-    from cotlab.data.schema import DataError
+    from cotlab.schema import DataError
 
     lengths = sorted(len(tokenizer("".join(sft.render_training(tokenizer, ex, "cot").values()))["input_ids"])
                      for ex in examples["train"])

@@ -14,7 +14,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from conftest import copy_project
-from cotlab.selfimprove import shuffled as shuffled_drafts
+from cotlab.selfimprove.ablations import shuffled as shuffled_drafts
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -10,8 +10,9 @@ from scipy import stats
 from cotlab.config import TeacherConfig
 from cotlab.data.syllogism import counterexample, reasoning
 from cotlab.evaluation.compare import compare, markdown
-from cotlab.selfimprove import (NO_COT_PREFILL, ablation_inputs, judge_pairs, mean_with_ci, parse_verdict, shuffled,
-                                win_rate)
+from cotlab.evaluation.stats import mean_with_ci
+from cotlab.selfimprove.ablations import NO_COT_PREFILL, ablation_inputs, shuffled
+from cotlab.selfimprove.judge import asked_questions, judge_pairs, parse_verdict, win_rate
 from cotlab.teacher import Request, Teacher
 from openai_server import FakeOpenAI
 
@@ -154,14 +155,8 @@ def test_phase_b_trains_on_the_prompt_evaluation_shows(tokenizer, examples):
 def test_the_judge_reads_the_questions_a_draft_asks_with_or_without_the_format():
     """A draft that kept the format gives its Questions line; one that dropped it (a trained model listing
     sub-questions) gives its distinct questions; at most three, repeats once."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("judge_stage", Path(__file__).parents[1] / "stages/judge.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
     kept = {"questions": ["Is it wet?", "Is it cold?"], "draft": "Answer: Yes - x.\nQuestions: Is it wet? Is it cold?"}
-    assert stage.asked_questions(kept) == ["Is it wet?", "Is it cold?"]
+    assert asked_questions(kept) == ["Is it wet?", "Is it cold?"]
     listed = {"questions": [], "draft": "1. Who is A?\n2. Who is A?\n3. Where is B?\n4. When? 5. Why is C?\n6. What is D?"}
-    assert stage.asked_questions(listed) == ["Who is A?", "Where is B?", "When?"]
-    assert stage.asked_questions({"questions": [], "draft": "No questions here."}) == []
+    assert asked_questions(listed) == ["Who is A?", "Where is B?", "When?"]
+    assert asked_questions({"questions": [], "draft": "No questions here."}) == []

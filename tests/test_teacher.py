@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 
 from conftest import ROOT, copy_project
 from cotlab.config import ConfigError, TeacherConfig, load_yaml, parse_params
-from cotlab.data.schema import read_jsonl, write_jsonl
+from cotlab.schema import read_jsonl, write_jsonl
 from cotlab.data.sources import load_task
 from cotlab.teacher import Request, ResponseCache, Teacher, cache_key
 from openai_server import FakeOpenAI, prompt_key

@@ -214,6 +214,7 @@ class CODIParams:
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     logging_steps: int = 2
     bf16: bool = True  # only where supported (CUDA); fp32 on CPU
+    # The reference's LoRA dropout is 0.1 (zhenyi4/codi train.py L135); 0.0 here skips CODI's second teacher pass.
     lora: LoraParams = field(default_factory=lambda: LoraParams(r=128, alpha=32, dropout=0.0))
     max_new_tokens: int = 16  # after <eot>: "The answer is: X"
     probe_questions: int = 8  # codi_probe: test questions whose thoughts are decoded
@@ -256,6 +257,14 @@ class MarkovianConfig:
     eval_every: int = 8  # steps between evaluations on the held-out questions (plots/train/<variant>/<task>_eval.csv)
     save_every: int = 8  # steps between checkpoints (checkpoints/<variant>/<task>: a killed run resumes there)
     collapse: CollapseLimits = field(default_factory=CollapseLimits)
+
+    def __post_init__(self):
+        if self.use_ppo and self.ppo_epochs < 2:
+            # The ratio is taken against the sampling policy, so the first update's PPO gradient is the plain one.
+            raise ConfigError(
+                f"markovian.use_ppo: true with markovian.ppo_epochs = {self.ppo_epochs} is the plain policy gradient: "
+                "the PPO ratio is against the policy that sampled the batch, so it is exactly 1 (nothing is clipped) "
+                "on a batch's first update; set markovian.ppo_epochs >= 2, or markovian.use_ppo: false")
 
 
 @dataclass

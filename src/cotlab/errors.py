@@ -8,3 +8,12 @@ class ModelLoadError(RuntimeError):
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class OracleUnavailable(Exception):
+    """The dataset has no reasoning for this example, so an oracle teacher cannot answer it (data.candidates and
+    formats raise it, teacher catches it)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason

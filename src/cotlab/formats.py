@@ -20,8 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from cotlab.data.schema import Example
-from cotlab.evaluation.extract import extract_answer, is_correct
+from cotlab.schema import Example
+from cotlab.answers import extract_answer, is_correct
 from cotlab.prompts import display_answer
 
 # One character class before the name: two adjacent classes that both match spaces backtrack quadratically on a
@@ -156,7 +156,7 @@ def oracle_analysis(example: Example, draft: Draft | None) -> str:
 
 def oracle_teacher(example: Example, draft_text: str) -> str:
     """The dataset's own reasoning in the teacher's format, with an analysis of the student's draft."""
-    from cotlab.teacher import OracleUnavailable
+    from cotlab.errors import OracleUnavailable
 
     steps = reasoning_steps(example.reasoning)
     if not steps:

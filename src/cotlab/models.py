@@ -137,6 +137,23 @@ def _load_source(name: str, torch_dtype: torch.dtype, seed: int):
     return model, tokenizer, {"source": name}
 
 
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed versions of the libraries that compute the weights, recorded in every manifest: constraints.txt
+    pins them for the committed results, and a checkpoint made elsewhere says what made it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {name: installed(name) for name in LIBRARIES}
+
+
 def fingerprint(folder: str | Path) -> str:
     """sha256 over the weight files: ties adapters to the exact base they were trained on."""
     digest = hashlib.sha256()
@@ -187,6 +204,7 @@ def prepare_base(name: str, out_dir: str | Path, dtype: str = "auto", device: st
         "adapter": None,
         "extra_modules": {},
         "cotlab_version": __version__,
+        "libraries": library_versions(),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     _replace_dir(tmp, out_dir)
@@ -298,6 +316,7 @@ def save_adapter(model, tokenizer, out_dir: str | Path, base_path: str | Path, m
         "extra_modules": {name: f"{name}.safetensors" for name in extra_modules or {}},
         "params": params,
         "cotlab_version": __version__,
+        "libraries": library_versions(),
         **(extra or {}),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

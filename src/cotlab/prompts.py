@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from cotlab.data.schema import Example
+from cotlab.config import ConfigError
+from cotlab.schema import Example
 
 PROMPT_VERSION = "1"
 
 # Which template each method trains on and is evaluated with.
 METHOD_TEMPLATES = {"base": "direct", "sft": "direct", "cot_distill": "cot", "dpo": "cot", "cot_sft": "cot"}
+
+
+def template_for(method: str) -> str:
+    if method not in METHOD_TEMPLATES:
+        raise ConfigError(f"unknown method {method!r}; expected one of {sorted(METHOD_TEMPLATES)}")
+    return METHOD_TEMPLATES[method]
 
 _ANSWER_HINT = {
     "number": "a number",

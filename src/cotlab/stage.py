@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import functools
+import random
 import sys
 import textwrap
 import time
 from typing import Callable
 
 from cotlab.config import ConfigError, Params, flatten, load_params
-from cotlab.data.schema import DataError
+from cotlab.schema import DataError
 from cotlab.errors import ModelLoadError, TrainingDivergedError
 from cotlab.progress import quiet_bars_in_logs
-from cotlab.prompts import METHOD_TEMPLATES
 
 KNOWN_FAILURES = (ConfigError, DataError, ModelLoadError, TrainingDivergedError)
 
@@ -60,14 +60,20 @@ def max_new_tokens(params: Params, template: str) -> int:
     return sizes.max_new_tokens_cot if template == "cot" else sizes.max_new_tokens_direct
 
 
-def template_for(method: str) -> str:
-    if method not in METHOD_TEMPLATES:
-        raise ConfigError(f"unknown method {method!r}; expected one of {sorted(METHOD_TEMPLATES)}")
-    return METHOD_TEMPLATES[method]
-
-
 def mlflow_params(params: Params) -> dict:
     return flatten(params)
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, numpy's and torch's global generators (CPU and every CUDA device), as transformers.set_seed does,
+    but without importing transformers. Called before a stage creates anything, so LoRA's A matrices, CODI's
+    projection and new token rows, dropout masks and sampled CoTs all follow `seed`."""
+    import numpy
+    import torch
+
+    random.seed(seed)
+    numpy.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def stage_main(name: str) -> Callable:
@@ -80,6 +86,7 @@ def stage_main(name: str) -> Callable:
             quiet_bars_in_logs()
             try:
                 params = load_params("params.yaml")
+                seed_everything(params.seed)
                 fn(params, *sys.argv[1:])
             except KNOWN_FAILURES as e:
                 message = f"cotlab: stage {name} failed ({type(e).__name__}): {e}"

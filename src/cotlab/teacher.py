@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cotlab.config import ConfigError, TeacherConfig
-from cotlab.data.schema import Example, write_json
+from cotlab.errors import OracleUnavailable
+from cotlab.schema import Example, write_json
 
 # USD per 1M tokens (input, output), from the providers' price lists; models not listed get no estimate.
 PRICES_PER_MTOK = {
@@ -349,14 +350,6 @@ class Teacher:
         return Response(request.id, key, "ok", text,
                         prompt_tokens=int(getattr(tokens, "prompt_tokens", 0) or 0),
                         completion_tokens=int(getattr(tokens, "completion_tokens", 0) or 0))
-
-
-class OracleUnavailable(Exception):
-    """The dataset has no reasoning for this example, so the oracle cannot answer it."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:

@@ -18,9 +18,9 @@ from typing import Any
 
 from collections import Counter
 
-from cotlab.data.schema import DataError, Example
+from cotlab.schema import DataError, Example
 from cotlab.data.sources import normalize_number
-from cotlab.evaluation.extract import is_correct
+from cotlab.answers import is_correct
 from cotlab.formats import Candidates, parse_candidates, render_candidates
 
 _CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
@@ -152,7 +152,7 @@ def assign_labels(example_id: str, seed: int, argument_correct_rate: float) -> t
 
 
 def oracle_candidates(example: Example, context: dict[str, Any]) -> str:
-    from cotlab.teacher import OracleUnavailable
+    from cotlab.errors import OracleUnavailable
 
     solution = example.metadata.get("solution", "")
     rng = random.Random(f"{context['seed']}-{example.id}-corrupt")

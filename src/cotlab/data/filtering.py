@@ -16,9 +16,9 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from cotlab.config import FilterConfig
-from cotlab.data.schema import DataError, Example
+from cotlab.schema import DataError, Example
 from cotlab.data.sources import normalize_question
-from cotlab.evaluation.extract import is_correct
+from cotlab.answers import is_correct
 from cotlab.formats import parse_draft, parse_teacher
 
 CLASS_TYPES = ("yes_no", "choice")

@@ -8,9 +8,9 @@ import random
 from collections import Counter
 from typing import Any, Sequence
 
-from cotlab.data.schema import DataError, Example
+from cotlab.schema import DataError, Example
 from cotlab.data.sources import LETTERS
-from cotlab.evaluation.extract import is_correct
+from cotlab.answers import is_correct
 from cotlab.formats import parse_draft
 from cotlab.prompts import display_answer, end_of_turn, render_prompt, target
 
@@ -29,6 +29,13 @@ def flipped_answer(example: Example, rng: random.Random) -> str:
             return str(int(wrong)) if float(wrong).is_integer() else str(wrong)
     raise DataError(f"example {example.id!r}: cannot flip a {example.answer_type!r} answer; give the pairs stage "
                     "drafts with wrong answers instead")
+
+
+def pair_examples(examples: Sequence[Example], n_pairs: int | None, seed: int) -> list[Example]:
+    """The examples pairs are built from: all, or a seeded sample of the scale's n_pairs."""
+    if n_pairs is None or n_pairs >= len(examples):
+        return list(examples)
+    return random.Random(f"{seed}-pairs-subsample").sample(list(examples), n_pairs)
 
 
 def build_pairs(examples: Sequence[Example], tokenizer, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from .schema import Example
+from cotlab.schema import Example
 
 NAMES = [
     "Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack",

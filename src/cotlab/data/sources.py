@@ -16,9 +16,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import ConfigError
-from . import personal_relations, syllogism
-from .schema import ANSWER_TYPES, DataError, Example, read_jsonl
+from cotlab.config import ConfigError
+from cotlab.data import personal_relations, syllogism
+from cotlab.schema import ANSWER_TYPES, DataError, Example, read_jsonl
 
 BENCHMARKS = Path(__file__).parent / "benchmarks"
 LETTERS = "ABCDEFGHIJ"
@@ -95,11 +95,24 @@ def gsm8k_row(row: dict, ex_id: str) -> Example:
                    metadata={"source": "gsm8k", "solution": solution.strip()})
 
 
-def gsm8k_aug_row(row: dict, ex_id: str) -> Example:
-    """zen-E/GSM8k-Aug (CODI's training data): the CoT is calculator steps only ("<<600*30/100=180>> <<...>>")."""
-    steps = re.findall(r"<<([^>]*)>>", row["cot"])
+def gsm8k_aug_row(row: dict, ex_id: str, train: bool | None = None, include_last_cot: bool = False) -> Example | None:
+    """zen-E/GSM8k-Aug (CODI's training data): the CoT is calculator steps only ("<<600*30/100=180>> <<...>>"), kept
+    without their brackets. Training rows get the reference's preprocessing (zhenyi4/codi train.py L270-281): the CoT
+    loses its last space-separated step, the one computing the answer (unless `include_last_cot`), and a row whose
+    answer does not start with a digit (a negative one) is skipped (None). Test rows stay whole, as the reference
+    evaluates on GSM8k's test split unfiltered (test.py L125-126). `train` None: read from the id _hub gives,
+    "gsm8k_aug-<split>-<i>", true for a split named train*."""
+    if train is None:
+        parts = ex_id.split("-")
+        train = len(parts) > 2 and parts[1].startswith("train")
+    last_word = str(row["answer"]).split(" ")[-1]
+    if train and not last_word[:1].isdigit():  # "some answers start with the negative sign" (train.py L279)
+        return None
+    cot = row["cot"] if include_last_cot or not train else " ".join(row["cot"].split(" ")[:-1])
+    steps = re.findall(r"<<([^>]*)>>", cot)
+    calculator = re.search(r"<<[^>]*>>", row["cot"]) is not None  # a one-step CoT left empty stays empty
     return Example(id=ex_id, question=row["question"].strip(), answer=_number_answer(row["answer"], ex_id),
-                   answer_type="number", reasoning=" ".join(steps) if steps else row["cot"].strip(),
+                   answer_type="number", reasoning=" ".join(steps) if calculator else cot.strip(),
                    metadata={"source": "gsm8k_aug", "solution": row["cot"].strip()})
 
 

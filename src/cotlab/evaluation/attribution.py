@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cotlab.data.schema import Example
+from cotlab.schema import Example
 from cotlab.prompts import display_answer, render_prompt
 
 

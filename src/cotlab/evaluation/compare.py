@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cotlab.data.schema import DataError, read_jsonl
+from cotlab.schema import DataError, read_jsonl
 from cotlab.evaluation.stats import mcnemar_exact, paired_bootstrap_diff, summarize
 
 

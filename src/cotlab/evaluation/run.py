@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-from cotlab.data.schema import Example
-from cotlab.evaluation.extract import extract_answer, is_correct
+from cotlab.schema import Example
+from cotlab.answers import extract_answer, is_correct
 from cotlab.evaluation.generate import generate
 from cotlab.evaluation.stats import summarize
 from cotlab.prompts import FIRST_LINE_STOP, TEMPLATE_STOPS, render_prompt

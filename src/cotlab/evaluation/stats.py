@@ -133,3 +133,13 @@ def summarize(predictions: list[dict]) -> dict:
     out[INVALID_KEY] = out["invalid_rate"]
     out[OTHER_KEY] = rate(sum(count for _, count in ranked[TOP_K_ANSWERS:]))
     return out
+
+
+def mean_with_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean and its t-interval (scipy), for per-example scores such as attribution shares."""
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        mean = float(x.mean()) if x.size else float("nan")
+        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "n": int(x.size)}
+    low, high = stats.t.interval(confidence, x.size - 1, loc=x.mean(), scale=stats.sem(x))
+    return {"mean": float(x.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(x.size)}

@@ -9,13 +9,22 @@ Each continuous thought is the projected last-layer hidden state of the previous
 input embedding on the KV cache (one model call per thought). The student's hidden states are pulled towards the
 stop-gradient teacher's at the position that predicts the first answer-value token, in every layer l:
 
-    distill = 1/(L+1) * sum_l  SmoothL1(h_l^S[p_S], sg(h_l^T[p_T])) / std(h_l^T[p_T])      (std: optional)
+    distill = 1/(L+1) * sum_l  D(h_l^S[p_S], sg(h_l^T[p_T])) / std(h_l^T[p_T])^n
+    D = SmoothL1 (beta 1), n = 1  |  D = MSE, n = 2            (n = 0 without distill_loss_div_std)
     L = L_student + distill_loss_factor * distill + ref_loss_factor * L_teacher
 
+std is one scalar per layer: the unbiased std over the batch's B x d teacher values. The MSE term is divided by it
+twice, by the variance, as in the reference (zhenyi4/codi src/model.py L362-365, its "l2"). That looks deliberate:
+MSE is a squared distance, so over the variance it is scale-free, like SmoothL1 over the std in its L1 range.
+
 Unlike the reference code, the latent and answer steps carry the question's attention mask and position ids, so a
-left-padded batch gives the same result as one question at a time. The teacher runs once: its CE pass's hidden
-states, detached, are the targets; only when dropout is active in training does a separate no-grad pass give
-noise-free targets.
+left-padded batch gives the same result as one question at a time. The teacher's targets come, as in the reference
+(src/model.py L296-298), from a separate no-grad pass in training mode: with dropout active it draws its own dropout
+masks, so the targets are noisy too, but their noise is independent of the CE pass's. Without any dropout the two
+passes would be identical, so the CE pass's states, detached, are the targets and the second pass is skipped.
+The reference's LoRA dropout is 0.1 (train.py L135; ModelArguments.lora_dropout, src/model.py L30, is unused),
+so it always takes that second pass; codi.lora.dropout defaults to 0.0 here (config.py CODIParams, params.yaml): no
+LoRA regularisation and one teacher pass fewer, a departure from the reference recipe.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cotlab.data.schema import Example
+from cotlab.schema import Example
 from cotlab.prompts import display_answer, question_block
 
 BOT, EOT, PAD = "<bot>", "<eot>", "<pad>"
@@ -99,7 +108,8 @@ def encode_question(tokenizer, example: Example) -> list[int]:
 def encode(tokenizer, example: Example) -> CODIExample:
     """Question, CoT and answer tokenised apart (no merges across the boundaries, as in the reference)."""
     question = encode_question(tokenizer, example)
-    cot = tokenizer(example.reasoning.strip() + "\n", add_special_tokens=False)["input_ids"]
+    reasoning = example.reasoning.strip()
+    cot = tokenizer(reasoning + "\n", add_special_tokens=False)["input_ids"] if reasoning else []
     answer, value_index = answer_ids(tokenizer, example)
     return CODIExample(question, cot, answer + [tokenizer.eos_token_id], value_index)
 
@@ -135,14 +145,19 @@ def collate(batch: Sequence[CODIExample], pad_id: int, bot_id: int, eot_id: int)
 def distill_loss(student_states, teacher_states, student_position, teacher_position, kind: str,
                  div_std: bool) -> torch.Tensor:
     """Mean over layers of SmoothL1 (or MSE) between the student's and the stop-gradient teacher's hidden states at
-    one position per row, each layer's term optionally divided by the std of the teacher's states there."""
+    one position per row, each layer's term optionally divided by the std (MSE: the variance) of the teacher's states
+    there (the module docstring's equation)."""
+    if kind not in ("smooth_l1", "mse"):
+        raise ValueError(f"distill_loss_type {kind!r}: expected smooth_l1 or mse")
     rows = torch.arange(teacher_position.size(0), device=teacher_position.device)
     total = torch.zeros((), device=teacher_position.device)
     for h_student, h_teacher in zip(student_states, teacher_states, strict=True):
         s = h_student[rows, student_position].float()
         t = h_teacher[rows, teacher_position].float().detach()
         term = F.smooth_l1_loss(s, t) if kind == "smooth_l1" else F.mse_loss(s, t)
-        total = total + (term / t.std() if div_std else term)
+        if div_std:  # std^2 for MSE, as the reference (src/model.py L362-365): a squared distance, a squared scale
+            term = term / t.std() ** (2 if kind == "mse" else 1)
+        total = total + term
     return total / len(teacher_states)
 
 
@@ -170,7 +185,9 @@ class CODI(nn.Module):
         return self.prj(hidden if weight is None else hidden.to(weight.dtype))
 
     def _dropout_active(self) -> bool:
-        return self.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.lm.modules())
+        # Llama-like models apply attention dropout functionally (config.attention_dropout), not as an nn.Dropout.
+        return self.training and (getattr(self.lm.config, "attention_dropout", 0.0) > 0 or any(
+            isinstance(m, nn.Dropout) and m.p > 0 for m in self.lm.modules()))
 
     def think(self, question_ids, question_mask, num_latent: int, record: list | None = None):
         """Encode question + <bot>, then `num_latent` continuous thoughts on the KV cache: 1 + num_latent calls.
@@ -205,10 +222,10 @@ class CODI(nn.Module):
         teacher_kwargs = {"input_ids": batch["teacher_ids"], "attention_mask": batch["teacher_mask"],
                           "output_hidden_states": True}
         teacher = self.lm(**teacher_kwargs, labels=batch["teacher_labels"])
-        if self._dropout_active():  # the targets must not carry the CE pass's dropout noise: a clean pass
+        if self._dropout_active():  # the reference's no-grad target pass, still in train mode: its own dropout masks
             with torch.no_grad():
                 targets = self.lm(**teacher_kwargs).hidden_states
-        else:  # without dropout the CE pass's states are the targets; detached, no gradient reaches them
+        else:  # without dropout that pass equals the CE pass: its states, detached, are the targets
             targets = tuple(h.detach() for h in teacher.hidden_states)
         past, mask, next_position, latent_norm = self.think(batch["question_ids"], batch["question_mask"], c.num_latent)
         student = self.answer_pass(past, mask, next_position, batch["answer_ids"], batch["answer_mask"])
@@ -355,9 +372,11 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIRunCon
     from cotlab.methods.sft import TrainingDivergedError, _on_cuda
     from cotlab.progress import progress_disabled
 
-    data = [encode(tokenizer, ex) for ex in examples if ex.reasoning.strip()]
-    if not data:
-        from cotlab.data.schema import DataError
+    # A row with an empty CoT still trains (its teacher reads question -> answer), as the reference keeps GSM8k-Aug's
+    # one-step problems once their last step is dropped (train.py L270-286); a task with no CoT at all has no teacher.
+    data = [encode(tokenizer, ex) for ex in examples]
+    if not any(ex.cot for ex in data):
+        from cotlab.schema import DataError
 
         raise DataError("codi: no training example has reasoning (the teacher's CoT) to distil from")
     with tempfile.TemporaryDirectory(prefix="cotlab-codi-") as scratch:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
-from cotlab.data.schema import DataError, Example
+from cotlab.schema import DataError, Example
 from cotlab.methods import sft
 
 TEMPLATE = "cot"

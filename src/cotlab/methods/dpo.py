@@ -196,3 +196,21 @@ def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
     if not math.isfinite(metrics["train_loss"]):
         raise TrainingDivergedError(f"DPO loss is {metrics['train_loss']}; no checkpoint was written")
     return model, metrics, curve
+
+
+def train_checkpoint(params, task: str, base_dir: str, start_dir: str, pairs: list[dict], out_dir: str
+                     ) -> tuple[dict, list[dict]]:
+    """DPO from the adapter in `start_dir` (on the base in `base_dir`) on `pairs`, with params `dpo`; writes the
+    checkpoint to `out_dir`; returns (metrics, curve). Shared by dpo@<task> and the self-guided rounds."""
+    from dataclasses import asdict
+
+    from cotlab.models import load_for_training, resolve_device, save_adapter
+
+    config = DPORunConfig.from_params(params, report_to=["mlflow"])
+    model, tokenizer, _ = load_for_training(base_dir, resolve_device(params.model.device), "none",
+                                            asdict(params.cot_distill.lora), start_dir)
+    model, metrics, curve = train(model, tokenizer, pairs, config)
+    save_adapter(model, tokenizer, out_dir, base_dir, "dpo", "cot", "none",
+                 params={**asdict(config), "task": task}, extra={"task": task, "init_from": start_dir},
+                 with_draft=True)
+    return metrics, curve

@@ -6,16 +6,19 @@ gold answer can be predicted from that CoT *without* the question, so the CoT mu
     r_i = 1/|a| sum_t log p_S(a_t | REDACTED, CoT_i, " Answer:", a_<t)    S = frozen model, or the actor (w > 0)
     R_i = r_i - b(q)          b: the frozen model's r after its own greedy CoT of q, or an EMA of r (`baseline`)
     A_i = (R_i - mean_g R) / (std_g R + eps)          over the group of `group_size` CoTs of one question
-    L   = -1/N sum_i A_i * mean_t log pi(c_it | q, c_i<t)        (PPO: -min(rho_it A_i, clip(rho_it, 1 +- eps) A_i))
-          + kl_penalty * mean_t KL(pi(.|q, c_<t) || pi_frozen(.|q, c_<t))
-          - actor_reward_weight * 1/N sum_i r_i           (r scored by the actor, with its gradient)
+    l_i = -A_i * mean_t log pi(c_it | q, c_i<t)               (PPO: -mean_t min(rho_it A_i, clip(rho_it, 1 +- eps) A_i))
+          + kl_penalty * mean_t KL(pi(.|q, c_i<t) || pi_frozen(.|q, c_i<t))
+          - actor_reward_weight * r_i                      (r scored by the actor, with its gradient)
+    L   = 1/|K| sum_{i in K} l_i      K: every CoT, or under expert iteration those with R_i > mean + k std of the
+                                      earlier R; K empty: no update at all (as the reference)
 
 `markovian: false` is the ablation: the reward prompt shows the question. The frozen model is the actor with its
 adapters disabled (no second copy). Log-probs of the CoT are taken at the sampling temperature (the policy that
 sampled), so the PPO ratio against it is exactly 1 on the first update of a batch.
 
 Where the reference code differs, on purpose: its actor-reward term is computed under no_grad (so it has no
-gradient; here it has one), and its PPO ratio is taken against the frozen model (here: the sampling policy).
+gradient; here it has one), its PPO ratio is taken against the frozen model (here: the sampling policy), and
+its PPO loss replaces l_i whole (here the KL and actor-reward terms stay).
 Under group standardisation a per-question baseline cancels in A; it still sets the logged normalised reward R
 and the expert-iteration threshold, and it is the whole baseline when group_size is 1.
 """
@@ -37,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from cotlab.config import CollapseLimits, MarkovianConfig  # noqa: F401 (CollapseLimits: re-exported)
-from cotlab.data.schema import Example
-from cotlab.evaluation.extract import extract_answer, is_correct
+from cotlab.schema import Example
+from cotlab.answers import extract_answer, is_correct
 from cotlab.methods.sft import TrainingDivergedError
 from cotlab.progress import progress
 from cotlab.prompts import MARKOVIAN_ANSWER_CUE, markovian_gold, markovian_prefix
@@ -297,6 +300,37 @@ def two_stage(actor, answerer_adapter: bool, tokenizer, examples: Sequence[Examp
 
 # ---------------------------------------------------------------- one RL step
 
+def expert_iteration_keep(normalized: torch.Tensor, history: Sequence[float], k: float, warm: bool) -> torch.Tensor:
+    """1 for the CoTs whose R beats mean + k std of every earlier R (np.std's population std, as the reference's
+    calculate_threshold); none before the warmup is over (the reference's threshold is inf there)."""
+    if not warm:
+        return torch.zeros_like(normalized)
+    earlier = torch.tensor(list(history) or [0.0], dtype=torch.float64)
+    threshold = float(earlier.mean() + k * earlier.std(correction=0))
+    return (normalized > threshold).to(normalized.dtype)
+
+
+def per_cot_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor,
+                 config: MarkovianConfig, r_actor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pg_i, l_i) per CoT from [N, L] log-probs and KL: the policy-gradient (or PPO) term and the whole loss."""
+    A = advantages[:, None]
+    if config.use_ppo:
+        ratio = (logp - old_logp).exp()
+        per_token = -torch.min(ratio * A, ratio.clamp(1 - config.ppo_epsilon, 1 + config.ppo_epsilon) * A)
+    else:
+        per_token = -logp * A
+    pg = per_token.mean(-1) if config.normalize_loss else per_token.sum(-1)
+    loss = pg + config.kl_penalty * kl.mean(-1)
+    if r_actor is not None:
+        loss = loss - config.actor_reward_weight * r_actor
+    return pg, loss
+
+
+def masked_mean(per_cot: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The mean over the kept CoTs (0 when none is kept); dropped CoTs carry no gradient."""
+    return (per_cot * keep).sum() / keep.sum().clamp(min=1)
+
+
 def _guard(name: str, value: float, limit: float, key: str) -> None:
     if value > limit:
         raise CollapseError(f"{name} {value:.4g} passed markovian.collapse.{key} = {limit:g}")
@@ -351,12 +385,10 @@ def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: Mark
     advantages = group_advantages(normalized, G)
     keep = torch.ones_like(r)
     if config.expert_iteration is not None:
-        history = torch.tensor(state["history"] or [0.0])
-        if len(state["history"]) < config.expert_iteration_warmup * r.numel():
-            keep = torch.zeros_like(r)  # no threshold yet: no update (as the reference)
-        else:
-            keep = (normalized > history.mean() + config.expert_iteration * history.std()).float()
+        warm = len(state["history"]) >= config.expert_iteration_warmup * r.numel()
+        keep = expert_iteration_keep(normalized, state["history"], config.expert_iteration, warm)
         state["history"].extend(normalized.tolist())
+    skipped = not bool(keep.any())
     t_score = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -365,44 +397,40 @@ def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: Mark
         scores = score_cots(actor, group_prompts, cots, config.temperature, pad)
         if old_logp is None:  # the policy that sampled: these weights, before any update on this batch
             old_logp = scores.logp.detach()
-        ratio = (scores.logp - old_logp).exp()
-        observed = ratio.detach()
-        A = advantages[:, None]
-        if config.use_ppo:
-            per_token = -torch.min(ratio * A, ratio.clamp(1 - config.ppo_epsilon, 1 + config.ppo_epsilon) * A)
-        else:
-            per_token = -scores.logp * A
-        per_cot = per_token.mean(-1) if config.normalize_loss else per_token.sum(-1)
-        pg = (per_cot * keep).sum() / keep.sum().clamp(min=1)
-        kl = scores.kl.mean()
-        loss = pg + config.kl_penalty * kl
-        if actor_scores:
-            if epoch > 0:
-                r_actor = answer_logprob(actor, rows, pad)
-            loss = loss - config.actor_reward_weight * r_actor.mean()
+        if actor_scores and epoch > 0:
+            r_actor = answer_logprob(actor, rows, pad)
+        pg_i, loss_i = per_cot_loss(scores.logp, old_logp, advantages, scores.kl, config,
+                                    r_actor if actor_scores else None)
+        pg, loss = masked_mean(pg_i, keep), masked_mean(loss_i, keep)
+        kl = scores.kl.mean()  # the monitor: over every CoT, kept or not
+        observed = (scores.logp - old_logp).exp().detach()
         update = {"ppo_ratio_mean": float(observed.mean()), "ppo_ratio_max": float(observed.max()),
                   "clip_fraction": float(((observed - 1).abs() > config.ppo_epsilon).float().mean()),
                   "kl": float(kl.detach()), "entropy": float(scores.entropy.mean()), "pg_loss": float(pg.detach()),
-                  "loss": float(loss.detach())}
+                  "loss": float(loss.detach()), "skipped": float(skipped), "grad_norm": 0.0}
+        # The guard runs before the skip: a step that updates nothing is still checked (a NaN in l_i, kept or
+        # not, makes the masked loss NaN).
         _guard("PPO ratio", update["ppo_ratio_max"], limits.max_ppo_ratio, "max_ppo_ratio")
         _guard("KL(actor || frozen)", update["kl"], limits.max_kl, "max_kl")
         if not torch.isfinite(loss):
             raise CollapseError(f"the loss is {float(loss)}")
+        updates.append(update)
+        if skipped:  # no CoT passed the threshold: no backward, no optimizer step (the reference's update_model)
+            break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         update["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
             [p for p in actor.parameters() if p.requires_grad], config.max_grad_norm))
         optimizer.step()
-        updates.append(update)
     t_update = time.perf_counter() - t0
     mean = lambda k: sum(u[k] for u in updates) / len(updates)  # noqa: E731
     return {"answer_logprob": float(r.mean()), "baseline": float(b.mean()), "reward": float(normalized.mean()),
             "advantage_std": float(normalized.view(-1, G).std(-1).mean()) if G > 1 else 0.0,
             "ppo_ratio_mean": mean("ppo_ratio_mean"), "ppo_ratio_max": max(u["ppo_ratio_max"] for u in updates),
             "clip_fraction": mean("clip_fraction"), "kl": updates[0]["kl"], "entropy": updates[0]["entropy"],
-            "repetition": repetition, "kept": float(keep.mean()), "pg_loss": mean("pg_loss"), "loss": mean("loss"),
-            "grad_norm": mean("grad_norm"), "t_sample": t_sample, "t_score": t_score, "t_update": t_update,
-            "updates": updates}
+            "repetition": repetition, "kept": float(keep.mean()), "skipped": float(skipped), "pg_loss": mean("pg_loss"),
+            "loss": mean("loss"), "grad_norm": mean("grad_norm"), "t_sample": t_sample, "t_score": t_score,
+            "t_update": t_update, "updates": updates}
 
 
 # ---------------------------------------------------------------- checkpoints (resume after a kill)
@@ -500,7 +528,7 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
     from scipy.stats import spearmanr
 
     if not examples:
-        from cotlab.data.schema import DataError
+        from cotlab.schema import DataError
 
         raise DataError("markovian: no training questions")
     actor.train()
@@ -512,6 +540,8 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
         state = {"step": 0, "ema": None, "history": [], "curve": [], "eval_curve": []}
     else:
         log(f"markovian: resuming from {checkpoints.latest} at step {state['step']}")
+        for row in state["curve"]:  # rows saved before `skipped` was a monitor (each of them updated): one CSV header
+            row.setdefault("skipped", 0.0)
     answerer_adapter = config.actor_reward_weight > 0
     baselines: dict[str, float] = {}
 

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from transformers import TrainerCallback
 
-from cotlab.data.schema import DataError, Example
+from cotlab.schema import DataError, Example
 from cotlab.errors import TrainingDivergedError
 from cotlab.progress import progress_disabled
 from cotlab.prompts import render_training

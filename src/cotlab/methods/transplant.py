@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from cotlab.config import ConfigError, TransplantConfig
-from cotlab.data.schema import DataError
+from cotlab.schema import DataError
 from cotlab.evaluation.stats import mcnemar_exact, summarize, wilson_interval
 from cotlab.methods.sft import TrainingDivergedError
 from cotlab.progress import progress

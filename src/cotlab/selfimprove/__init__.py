@@ -1,0 +1,3 @@
+"""The self-improving recipe's validations (DESIGN.md system 1), one module per job so a stage depends only on
+what it runs: students' drafts (drafts), the draft ablations (ablations), the LLM judge of clarifying questions
+(judge) and one self-guided DPO round (rounds)."""
