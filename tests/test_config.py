@@ -52,6 +52,8 @@ def test_section_lr_overrides_top_level():
         (lambda d: d["dpo"].update(rounds={"dpo": {"start": "dpo"}}), "dpo.rounds.dpo"),
         (lambda d: d["judge"].update(backend="oracle"), "judge.backend"),
         (lambda d: d["judge"].update(api_key_env="sk-abc123"), "judge.api_key_env"),
+        (lambda d: d["markovian"].update(markovian=False), "markovian.markovian"),  # a stage argument
+        (lambda d: d["transplant"].update(masked=True), "transplant.masked"),
     ],
 )
 def test_bad_params_name_the_key(mutate, key):
@@ -67,3 +69,54 @@ def test_yaml_is_parsed_as_1_2(tmp_path):
     data = load_yaml(tmp_path / "p.yaml")
     assert data == {"a": 5e-05, "b": "yes"}
     assert YAML(typ="safe").load("x: 1e-3")["x"] == 1e-3
+
+
+def _defaults(cls) -> dict:
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _disagreements(defaults: dict, section, prefix: str) -> list[str]:
+    """Keys whose default differs from the value params.yaml gives them, recursing into sub-configs (whose
+    defaults are the section's own, e.g. codi's LoRA rank). A None in params.yaml means "derived elsewhere" (the
+    top-level lr, the scale's epochs), which no default can mirror."""
+    import dataclasses
+
+    found = []
+    for name, default in defaults.items():
+        value = getattr(section, name, None)
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(default) and dataclasses.is_dataclass(value):
+            found += _disagreements(vars(default), value, f"{prefix}.{name}")
+        elif default != value and not (isinstance(default, tuple) and list(default) == value):
+            found.append(f"{prefix}.{name}: default {default!r}, params.yaml {value!r}")
+    return found
+
+
+def test_no_default_disagrees_with_params_yaml():
+    """params.yaml is the one place values live: every default of a params section, and of each method's own run
+    config where it mirrors one, equals the value params.yaml gives, so code that builds a config without
+    params.yaml (a test, a benchmark, a notebook) gets the pipeline's recipe, not another one. Sections that share
+    one class (sft, cot_distill, cot_sft: TrainConfig) are held to the first of them, sft."""
+    from cotlab.config import Params
+    from cotlab.methods.codi import CODIConfig, CODIRunConfig
+    from cotlab.methods.dpo import DPORunConfig
+    from cotlab.methods.sft import SFTRunConfig
+
+    params = load_params("params.yaml")
+    found = []
+    for name, default in _defaults(Params).items():
+        if name not in ("cot_distill", "cot_sft"):
+            found += _disagreements(vars(default), getattr(params, name), name)
+    for cls, section, prefix in ((CODIConfig, params.codi, "codi"), (CODIRunConfig, params.codi, "codi"),
+                                 (DPORunConfig, params.dpo, "dpo"), (SFTRunConfig, params.sft, "sft")):
+        found += [f"{cls.__name__}: {d}" for d in _disagreements(_defaults(cls), section, prefix)]
+    assert not found, "defaults that disagree with params.yaml:\n  " + "\n  ".join(found)

@@ -30,6 +30,18 @@ def test_base_manifest_and_safetensors(tiny_base):
     assert manifest["kind"] == "base" and manifest["base_model"]["name"] == "tiny-random"
     assert len(manifest["fingerprint"]) == 64
     assert list(tiny_base.glob("*.safetensors")) and not list(tiny_base.glob("*.bin"))
+    assert set(manifest["libraries"]) >= {"torch", "transformers", "trl", "peft", "accelerate"}
+    assert all(manifest["libraries"][name] for name in ("torch", "transformers", "trl", "peft"))
+
+
+def test_prepare_model_writes_the_same_bytes_every_run(tiny_base, tmp_path):
+    """models/base is a DVC out: a second run with the same params must give the same hash, file by file."""
+    from cotlab.models import TINY
+
+    prepare_base(TINY, tmp_path / "again", seed=0)
+    files = sorted(f.name for f in tiny_base.iterdir())
+    assert files == sorted(f.name for f in (tmp_path / "again").iterdir())
+    assert [f for f in files if (tiny_base / f).read_bytes() != (tmp_path / "again" / f).read_bytes()] == []
 
 
 def test_adapter_manifest_records_what_evaluation_needs(trained, tiny_base):

@@ -280,3 +280,58 @@ def test_temp_and_queued_experiments_land_in_the_same_store(repo):
     shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
     text = json.dumps(shown)
     assert "0.0001" in text and "0.0003" in text
+
+
+# Every training stage, with the checkpoint it writes and its metrics file.
+TRAINING_STAGES = {
+    "sft": (["train.py", "sft", "strategyqa"], "sft/strategyqa"),
+    "cot_distill": (["train.py", "cot_distill", "strategyqa"], "cot_distill/strategyqa"),
+    "dpo": (["dpo.py", "strategyqa"], "dpo/strategyqa"),
+    "codi": (["codi.py", "personal_relations"], "codi/personal_relations"),
+    "cot_sft": (["train.py", "cot_sft", "personal_relations"], "cot_sft/personal_relations"),
+    "markovian": (["markovian.py", "arithmetic", "markovian"], "markovian/arithmetic"),
+    "transplant": (["transplant.py", "svamp", "transplant"], "transplant/svamp"),
+}
+# Wall-clock figures in the metrics, the one thing a re-run may change (markovian's share_* split its time).
+TIMING = re.compile(r"runtime|seconds|_s$|^share_(sample|score|update)$")
+
+
+def weights(root: Path, checkpoint: str) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted((root / "models" / checkpoint).glob("*.safetensors"))}
+
+
+def untimed_metrics(root: Path, checkpoint: str) -> dict:
+    metrics = json.loads((root / "metrics" / "train" / f"{checkpoint}.json").read_text())
+    return {k: v for k, v in metrics.items() if not TIMING.search(k)}
+
+
+def test_every_training_stage_is_a_function_of_its_params_and_seed(repo, tmp_path):
+    """Re-running each training stage's command on the repro's inputs gives bit-identical weights and metrics;
+    with another `seed`, different weights. Upstream stages first, in two parallel lanes (2 cores)."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = shutil.copytree(repo["root"], tmp_path / "copy", ignore=shutil.ignore_patterns("cache", "mlruns", ".git"))
+    before = {name: (weights(root, ckpt), untimed_metrics(root, ckpt)) for name, (_, ckpt) in TRAINING_STAGES.items()}
+    lanes = [["sft", "cot_distill", "dpo"], ["codi", "cot_sft", "markovian", "transplant"]]  # each reads the one before
+
+    def run_lane(lane):
+        for name in lane:
+            shutil.rmtree(root / "checkpoints", ignore_errors=True)  # markovian would resume a finished run
+            sh(root, sys.executable, f"stages/{TRAINING_STAGES[name][0][0]}", *TRAINING_STAGES[name][0][1:])
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run_lane, lanes))
+    for name, (_, ckpt) in TRAINING_STAGES.items():
+        assert before[name][0], f"{name}: no weights in models/{ckpt}"
+        assert weights(root, ckpt) == before[name][0], f"{name}: a re-run with the same params trained other weights"
+        assert untimed_metrics(root, ckpt) == before[name][1], f"{name}: a re-run gave other metrics"
+
+    yaml = YAML()
+    params = yaml.load(root / "params.yaml")
+    params["seed"] = params["seed"] + 1
+    yaml.dump(params, root / "params.yaml")
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run_lane, lanes))
+    same = [name for name, (_, ckpt) in TRAINING_STAGES.items() if weights(root, ckpt) == before[name][0]]
+    assert not same, f"another seed trained the same weights: {same}"

@@ -1,8 +1,10 @@
 """Stage scripts fail with one clear paragraph, exit status 2, and no output that looks complete."""
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +71,44 @@ def test_empty_split_is_an_error(tmp_path):
     result = run_stage(tmp_path, "data.py", "strategyqa")
     assert result.returncode == 2 and "empty" in result.stderr.lower()
     assert not (tmp_path / "data" / "tasks" / "strategyqa" / "train.jsonl").exists()
+
+
+def test_a_stage_that_fails_half_way_leaves_none_of_its_outputs(tmp_path, tiny_base):
+    """drafts@ writes the train split's drafts, then fails on the test split (its file is missing): under a real
+    `dvc repro`, the train drafts it had written are removed with the rest, so nothing half-written remains."""
+    from conftest import copy_project
+
+    copy_project(tmp_path)
+    params_with(tmp_path)
+    shutil.copytree(tiny_base, tmp_path / "models" / "base")
+    task = tmp_path / "data" / "tasks" / "strategyqa"
+    task.mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "data" / "tiny.jsonl", task / "train.jsonl")  # and no test.jsonl
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": ""}
+    for cmd in (["git", "init", "-q"], ["dvc", "repro", "--single-item", "drafts@strategyqa"]):
+        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode != 0
+    assert "data/tasks/strategyqa/test.jsonl" in result.stderr  # the failure, named
+    assert "removed the outputs it had written: data/drafts/strategyqa" in result.stderr
+    assert not (tmp_path / "data" / "drafts" / "strategyqa").exists()
+    assert not (tmp_path / "metrics" / "drafts" / "strategyqa.json").exists()
+    assert (task / "train.jsonl").exists()  # its inputs untouched
+
+
+def test_outputs_a_failed_run_never_reached_are_left_as_they_were(tmp_path, monkeypatch):
+    from cotlab.stage import remove_partial_outputs
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    old, new = Path("metrics/drafts/gsm8k.json"), Path("data/drafts/gsm8k/train.jsonl")
+    old.parent.mkdir(parents=True)
+    old.write_text("{}")
+    started = time.time() + 1e-3
+    time.sleep(0.01)
+    new.parent.mkdir(parents=True)
+    new.write_text("")
+    assert remove_partial_outputs(["stages/drafts.py", "gsm8k"], started) == ["data/drafts/gsm8k"]
+    assert old.exists() and not new.parent.exists()
+    assert remove_partial_outputs(["stages/drafts.py", "no_such_task"], 0.0) == []

@@ -63,7 +63,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     padding_free: bool = True
     gradient_checkpointing: bool = False  # TRL turns it on by default; it recomputes activations, costing time
-    logging_steps: int = 5
+    logging_steps: int = 2
     quantization: Literal["none", "4bit"] = "none"
     lora: LoraParams = field(default_factory=LoraParams)
     init_from: Literal["base", "sft"] = "base"
@@ -72,7 +72,7 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    few_shot: int = 3
+    few_shot: int = 2
     batch_size: int | None = None  # None = the scale's eval_batch_size
     stop_at_answer: bool = True  # stop a row after its "The answer is: X" line (false: run to eos or the cap)
 
@@ -94,14 +94,17 @@ class CompareConfig:
         "codi@gsm8k vs base_fewshot_cot@gsm8k",
         "markovian@arithmetic vs markovian_base@arithmetic",
         "non_markovian@arithmetic vs non_markovian_base@arithmetic",
-        "markovian@arithmetic vs non_markovian@arithmetic"])
+        "markovian@arithmetic vs non_markovian@arithmetic",
+        "transplant@svamp vs no_transplant@svamp",
+        "transplant@svamp vs transplant_masked@svamp",
+        "transplant_masked@svamp vs no_transplant@svamp"])
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
 
 
 @dataclass
 class DraftsConfig:
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     batch_size: int | None = None  # None = the scale's eval_batch_size
     stop_after_questions: bool = True  # stop a draft after its "Questions: ...?" line
 
@@ -157,7 +160,7 @@ class SelfGuidedRound:
 
 @dataclass
 class DPOParams:
-    tasks: list[str] = field(default_factory=lambda: ["strategyqa"])  # Phase C and its validations run on these
+    tasks: list[str] = field(default_factory=lambda: ["strategyqa", "syllogism"])  # Phase C and its validations run on these
     schedule: list[DPOPhase] = field(default_factory=lambda: list(DEFAULT_DPO_SCHEDULE))
     reference: Literal["start", "base"] = "start"  # start: the Phase B policy (frozen adapter copy); base: adapters off
     drop_fraction: float = 0.15
@@ -286,7 +289,7 @@ class TransplantConfig:
     residual_fp64: bool = False  # the residual stream in float64 through the hooked layers (sublayers compute in the model dtype)
     masked: bool = False  # the ablation: every candidate identifier in the argument replaced by "_" (set per stage)
     transplant: bool = True  # false: the control without replacement, same prompts, pass 2 alone (set per stage)
-    steps: int = 24
+    steps: int = 16
     batch_size: int = 4
     lr: float = 5.0e-4
     weight_decay: float = 0.0
@@ -296,8 +299,8 @@ class TransplantConfig:
 
 @dataclass
 class TransplantParams(TransplantConfig):
-    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])  # candidates@<task> and the transplant stages run on these
-    n_curve: int = 24  # train and test items evaluated at each curve point (seeded); the final evaluation takes all
+    tasks: list[str] = field(default_factory=lambda: ["svamp"])  # candidates@<task> and the transplant stages run on these
+    n_curve: int = 16  # train and test items evaluated at each curve point (seeded); the final evaluation takes all
     lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
 
 
@@ -487,7 +490,17 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+# Variant flags belong to the stage's command (markovian@ / non_markovian@, transplant@ / transplant_masked@ /
+# no_transplant@): in params.yaml a stage would overwrite them, so there they are an error.
+STAGE_ARGUMENTS = {"markovian": ("markovian",), "transplant": ("masked", "transplant")}
+
+
 def parse_params(data: dict[str, Any]) -> Params:
+    for section, keys in STAGE_ARGUMENTS.items():
+        for key in keys:
+            if isinstance(data.get(section), dict) and key in data[section]:
+                raise ConfigError(f"{section}.{key}: set by the stage's variant argument (see dvc.yaml's {section} "
+                                  "stages), not by params; remove it from params.yaml")
     params = _build(Params, data)
     for name in params.tasks:
         if name not in params.task_specs:

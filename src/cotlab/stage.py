@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import random
+import shutil
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Callable
 
 from cotlab.config import ConfigError, Params, flatten, load_params
@@ -76,23 +78,73 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def declared_outputs(argv: list[str]) -> list[Path]:
+    """The outs, metrics and plots that dvc.yaml (in the working directory) declares for the stage whose command
+    runs the script argv[0] with argv[1:], persistent outs excepted: they exist to outlive a failed run (resume
+    state). Empty when there is no dvc.yaml or no such stage. Reads the pipeline through DVC itself, so foreach and
+    matrix expand exactly as `dvc repro` expands them."""
+    if not Path("dvc.yaml").is_file():
+        return []
+    from dvc.repo import Repo
+
+    with Repo(".", uninitialized=True) as repo:  # a copy without .dvc/ still declares its outputs
+        for stage in repo.index.stages:
+            words = stage.cmd.split()
+            if len(words) >= 2 and Path(words[1]).name == Path(argv[0]).name and words[2:] == argv[1:]:
+                return [Path(str(out.def_path)) for out in stage.outs if not out.persist]
+    return []
+
+
+def written_since(path: Path, started: float) -> bool:
+    if path.is_file():
+        return path.stat().st_mtime >= started
+    return path.is_dir() and any(f.stat().st_mtime >= started for f in path.rglob("*") if f.is_file())
+
+
+def remove_partial_outputs(argv: list[str], started: float) -> list[str]:
+    """After a failure: remove each declared output the run wrote (a file, or a whole folder with any new file in
+    it), so a failed stage leaves no output that looks complete beside the ones it never reached. Under `dvc repro`
+    DVC has removed the stage's outputs before the command, so what remains is exactly the state before the run.
+    Outputs the run never touched are left as they were."""
+    removed = []
+    for path in declared_outputs(argv):
+        if written_since(path, started):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path.as_posix())
+    return removed
+
+
 def stage_main(name: str) -> Callable:
-    """Run a stage's main(); a known failure becomes one paragraph on stderr and exit status 2."""
+    """Run a stage's main(); a known failure becomes one paragraph on stderr and exit status 2. Any failure
+    (an error, Ctrl-C) first removes what the run had written of the stage's outputs."""
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def run() -> None:
-            started = time.perf_counter()
+            started, started_wall = time.perf_counter(), time.time()
+            stage = " ".join([name, *sys.argv[1:]])
             quiet_bars_in_logs()
             try:
                 params = load_params("params.yaml")
                 seed_everything(params.seed)
                 fn(params, *sys.argv[1:])
-            except KNOWN_FAILURES as e:
-                message = f"cotlab: stage {name} failed ({type(e).__name__}): {e}"
-                print(textwrap.fill(message, width=110), file=sys.stderr)
-                sys.exit(2)
-            stage = " ".join([name, *sys.argv[1:]])
+            except BaseException as e:
+                if isinstance(e, SystemExit) and not e.code:
+                    raise
+                try:
+                    removed = remove_partial_outputs(sys.argv, started_wall)
+                except Exception as cleanup_error:  # never hide the stage's own error behind the cleanup's
+                    print(f"cotlab: stage {stage}: could not remove its partial outputs: {cleanup_error!r}",
+                          file=sys.stderr)
+                    removed = []
+                if removed:
+                    print(f"cotlab: stage {stage} failed; removed the outputs it had written: {', '.join(removed)}",
+                          file=sys.stderr)
+                if isinstance(e, KNOWN_FAILURES):
+                    message = f"cotlab: stage {name} failed ({type(e).__name__}): {e}"
+                    print(textwrap.fill(message, width=110), file=sys.stderr)
+                    sys.exit(2)
+                raise
             print(f"cotlab: {stage} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
         return run

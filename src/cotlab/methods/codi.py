@@ -328,8 +328,8 @@ class CODIRunConfig:
     weight_decay: float = 0.1
     max_grad_norm: float = 2.0
     lr_scheduler: str = "cosine"
-    logging_steps: int = 1
-    bf16: bool = False
+    logging_steps: int = 2
+    bf16: bool = True  # only where supported (CUDA); fp32 on CPU
     seed: int = 0
     report_to: list[str] = field(default_factory=list)
 

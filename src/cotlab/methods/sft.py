@@ -40,7 +40,7 @@ class SFTRunConfig:
     max_length: int = 512
     padding_free: bool = True
     gradient_checkpointing: bool = False
-    logging_steps: int = 5
+    logging_steps: int = 2
     seed: int = 0
     lr_scheduler: str = "cosine"
     report_to: list[str] = field(default_factory=lambda: ["mlflow"])
