@@ -19,7 +19,8 @@ from _common import CACHE, PeakRSS, base_model, examples, model_arg
 from cotlab.config import DPOPhase
 from cotlab.data.pairs import build_pairs
 from cotlab.schema import Example
-from cotlab.formats import oracle_teacher, parse_teacher
+from cotlab.formats import parse_teacher
+from cotlab.teacher import oracle_teacher
 from cotlab.methods import dpo, sft
 from cotlab.models import load_for_training
 

@@ -5,10 +5,9 @@ With teacher.dry_run nothing is sent: requests.jsonl lists what would be, with t
 """
 from cotlab import tracking
 from cotlab.schema import read_examples, read_jsonl, write_json, write_jsonl
-from cotlab.formats import oracle_teacher
 from cotlab.prompts import teacher_messages
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, stage_main, teacher_dir
-from cotlab.teacher import Request, Teacher, dry_run_rows
+from cotlab.teacher import Request, Teacher, dry_run_rows, oracle_teacher
 
 
 @stage_main("teacher")

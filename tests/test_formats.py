@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from cotlab.data.candidates import _wrong_values, assign_labels, corrupt_solution, oracle_candidates, strip_calculator
 from cotlab.schema import Example
 from cotlab.data.sources import load_task
+from cotlab.teacher import oracle_teacher
 from cotlab.formats import (
-    oracle_teacher,
     parse_candidates,
     parse_draft,
     parse_teacher,

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from cotlab.schema import Example
 from cotlab.answers import extract_answer, is_correct
-from cotlab.prompts import display_answer
 
 # One character class before the name: two adjacent classes that both match spaces backtrack quadratically on a
 # reply that degenerates into whitespace.
@@ -142,27 +141,6 @@ def reasoning_steps(reasoning: str) -> list[str]:
         elif not line.lower().startswith("sub-questions:"):
             steps.append(line)
     return steps + facts
-
-
-def oracle_analysis(example: Example, draft: Draft | None) -> str:
-    gold = display_answer(example)
-    if draft is None or not draft.ok:
-        return "The draft gives no clear final answer, so the reasoning below starts from the question itself."
-    shown = draft.answer.capitalize() if example.answer_type == "yes_no" else draft.answer
-    if is_correct(draft.answer, example.answer, example.answer_type):
-        return f"The draft's answer, {shown}, is correct; the steps below show why."
-    return f"The draft answers {shown}, but the answer is {gold}; the steps below show where it goes wrong."
-
-
-def oracle_teacher(example: Example, draft_text: str) -> str:
-    """The dataset's own reasoning in the teacher's format, with an analysis of the student's draft."""
-    from cotlab.errors import OracleUnavailable
-
-    steps = reasoning_steps(example.reasoning)
-    if not steps:
-        raise OracleUnavailable("no_reasoning")
-    return render_teacher(oracle_analysis(example, parse_draft(draft_text, example.answer_type)), steps,
-                          display_answer(example))
 
 
 # ---------------------------------------------------------------- candidates

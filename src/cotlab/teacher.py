@@ -30,7 +30,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cotlab.config import ConfigError, TeacherConfig
+from cotlab.answers import is_correct
 from cotlab.errors import OracleUnavailable
+from cotlab.formats import Draft, parse_draft, reasoning_steps, render_teacher
+from cotlab.prompts import display_answer
 from cotlab.schema import Example, write_json
 
 # USD per 1M tokens (input, output), from the providers' price lists; models not listed get no estimate.
@@ -127,6 +130,27 @@ def estimate_cost(model: str, prompt_tokens: int, completion_tokens: int) -> flo
     if price is None:
         return None
     return round((prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6, 9)
+
+
+# ---------------------------------------------------------------- the oracle teacher
+
+def oracle_analysis(example: Example, draft: Draft | None) -> str:
+    gold = display_answer(example)
+    if draft is None or not draft.ok:
+        return "The draft gives no clear final answer, so the reasoning below starts from the question itself."
+    shown = draft.answer.capitalize() if example.answer_type == "yes_no" else draft.answer
+    if is_correct(draft.answer, example.answer, example.answer_type):
+        return f"The draft's answer, {shown}, is correct; the steps below show why."
+    return f"The draft answers {shown}, but the answer is {gold}; the steps below show where it goes wrong."
+
+
+def oracle_teacher(example: Example, draft_text: str) -> str:
+    """The dataset's own reasoning in the teacher's format, with an analysis of the student's draft."""
+    steps = reasoning_steps(example.reasoning)
+    if not steps:
+        raise OracleUnavailable("no_reasoning")
+    return render_teacher(oracle_analysis(example, parse_draft(draft_text, example.answer_type)), steps,
+                          display_answer(example))
 
 
 class Teacher:
