@@ -19,7 +19,7 @@ import urllib.request
 
 from _common import CACHE, examples
 from cotlab.config import TeacherConfig
-from cotlab.prompts import teacher_messages
+from cotlab.teacher import teacher_messages
 from cotlab.teacher import Request, Teacher
 
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "openai_server.py"

@@ -5,9 +5,8 @@ With teacher.dry_run nothing is sent: requests.jsonl lists what would be, with t
 """
 from cotlab import tracking
 from cotlab.schema import read_examples, read_jsonl, write_json, write_jsonl
-from cotlab.prompts import teacher_messages
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, stage_main, teacher_dir
-from cotlab.teacher import Request, Teacher, dry_run_rows, oracle_teacher
+from cotlab.teacher import Request, Teacher, dry_run_rows, oracle_teacher, teacher_messages
 
 
 @stage_main("teacher")

@@ -44,7 +44,7 @@ def test_the_draft_prompt_shows_one_exemplar_of_the_same_answer_type_in_the_draf
     """The exemplar turn is itself a well-formed draft (answer, reason, two questions) of the task's answer type,
     and the last turn asks about the task's own question."""
     from cotlab.formats import parse_draft
-    from cotlab.prompts import draft_messages
+    from cotlab.selfimprove.drafts import draft_messages
 
     example = load_task(task, dict(TASKS)[task], 2, 1, seed=0)["test"][0]
     user_shot, assistant_shot, user = draft_messages(example)

@@ -12,7 +12,8 @@ from conftest import LORA
 from cotlab import models
 from cotlab.evaluation.generate import generate
 from cotlab.models import load_checkpoint, load_for_training, prepare_base, read_manifest, save_adapter
-from cotlab.prompts import ANSWER_LINE_STOP, DRAFT_STOP, FIRST_LINE_STOP, TEMPLATE_STOPS
+from cotlab.prompts import ANSWER_LINE_STOP, FIRST_LINE_STOP, TEMPLATE_STOPS
+from cotlab.selfimprove.drafts import DRAFT_STOP
 
 ROOT = Path(__file__).resolve().parents[1]
 

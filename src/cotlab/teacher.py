@@ -33,8 +33,8 @@ from cotlab.config import ConfigError, TeacherConfig
 from cotlab.answers import is_correct
 from cotlab.errors import OracleUnavailable
 from cotlab.formats import Draft, parse_draft, reasoning_steps, render_teacher
-from cotlab.prompts import display_answer
 from cotlab.schema import Example, write_json
+from cotlab.prompts import ANSWER_HINT, display_answer, question_block
 
 # USD per 1M tokens (input, output), from the providers' price lists; models not listed get no estimate.
 PRICES_PER_MTOK = {
@@ -390,3 +390,21 @@ def dry_run_rows(requests: Sequence[Request], responses: Sequence[Response], mod
                      "est_prompt_tokens": response.prompt_tokens, "est_completion_tokens": response.completion_tokens,
                      "est_cost_usd": cost})
     return rows
+
+
+TEACHER_SYSTEM = "You are a patient teacher. You check a student's draft and then solve the problem carefully."
+
+
+def teacher_messages(example: Example, draft: str) -> list[dict[str, str]]:
+    hint = ANSWER_HINT[example.answer_type]
+    return [
+        {"role": "system", "content": TEACHER_SYSTEM},
+        {"role": "user", "content": (
+            f"{question_block(example)}\n\n"
+            f"Student draft:\n{draft.strip() or '(no draft)'}\n\n"
+            "Reply in exactly this format:\n"
+            "Teaching Analysis: <what the draft gets right or wrong, in one or two sentences>\n"
+            "Step-by-Step Reasoning:\n1. <first step>\n2. <next step>\n...\n"
+            f"Final Assessment: the answer is: **<{hint}>**"
+        )},
+    ]

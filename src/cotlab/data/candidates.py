@@ -22,6 +22,7 @@ from cotlab.schema import DataError, Example
 from cotlab.data.sources import normalize_number
 from cotlab.answers import is_correct
 from cotlab.formats import Candidates, parse_candidates, render_candidates
+from cotlab.prompts import question_block
 
 _CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 _NUMBER = re.compile(r"(?<![\d.])\d+(?:,\d{3})*(?:\.\d+)?")
@@ -191,7 +192,6 @@ def _unusable(ex: Example, parsed: Candidates, correct: str, argued: str) -> str
 def make_candidates(examples: list[Example], teacher, seed: int, argument_correct_rate: float, corrupt_step: str,
                     where: str) -> tuple[list[dict], dict[str, Any]]:
     """Ask the teacher for each example's candidates; keep the usable ones. Returns (rows, metrics)."""
-    from cotlab.prompts import candidates_messages
     from cotlab.teacher import Request
 
     labels = [assign_labels(ex.id, seed, argument_correct_rate) for ex in examples]
@@ -218,3 +218,19 @@ def make_candidates(examples: list[Example], teacher, seed: int, argument_correc
                "argument_correct_rate": round(sum(r["argument_correct"] for r in rows) / len(rows), 4),
                **{f"dropped.{k}": v for k, v in sorted(dropped.items())}, **usage.metrics()}
     return rows, metrics
+
+
+def candidates_messages(example: Example, correct: str, argued: str) -> list[dict[str, str]]:
+    """Two explained answers (one with a single arithmetic slip) and an argument for the candidate `argued`."""
+    wrong = "B" if correct == "A" else "A"
+    return [
+        {"role": "system", "content": "You write worked solutions to math word problems."},
+        {"role": "user", "content": (
+            f"{question_block(example)}\n\n"
+            f"Write Candidate {correct} as a correct step-by-step solution, and Candidate {wrong} as the same "
+            "solution with exactly one arithmetic mistake carried through to a wrong final answer. End each "
+            "candidate with 'The answer is: <number>'. Then write an Argument of two or three sentences that "
+            f"Candidate {argued} is correct, ending with 'Therefore, Candidate {argued} is correct.'\n"
+            "Format:\nCandidate A:\n<solution>\nCandidate B:\n<solution>\nArgument:\n<argument>"
+        )},
+    ]

@@ -1,27 +1,40 @@
 """DPO (Phase C) from the Phase B adapter on TRL's DPOTrainer, with a beta schedule by epoch, calibrated and
-robust variants. TRL provides the data pipeline, the log-probs and the reference; only the loss is ours.
+robust variants. TRL provides the data pipeline and the log-probs; the loss and the choice of reference are ours.
 
 The reference pi_ref is the policy DPO starts from (`reference: start`, the DPO paper's pi_SFT): TRL keeps a frozen
-copy of the Phase B adapter next to the trained one on the same base weights (adapter-sized, no second model), so
-every log-ratio r starts at 0, which Cal-DPO's targets +-1/(2 beta) presuppose. `reference: base` scores the
-reference with the adapters disabled (the base model) instead.
+copy of the Phase B adapter, named "ref", next to the trained one on the same base weights (adapter-sized, no second
+model), so every log-ratio r starts at 0, which Cal-DPO's targets +-1/(2 beta) presuppose. `reference: base` scores
+the reference with the adapters disabled (the base model) instead. Both the per-step reference pass and the one TRL
+runs up front when `precompute_ref` is set (in DPOTrainer.__init__) go through `_reference_logps`, so they agree.
 
-With r = log pi_theta(y|x) - log pi_ref(y|x) for the chosen (w) and rejected (l) answers, and Delta = r_w - r_l:
+With r = log pi_theta(y|x) - log pi_ref(y|x) for the chosen (w) and rejected (l) answers of pair i, Delta = r_w - r_l,
+n pairs in the micro-batch, t = 1/(2 beta) and mean_j over the micro-batch:
 
-    none        l_i = -log sigmoid(beta * Delta_i)                                   (DPO)
-    batch_mean  l_i = -log sigmoid(beta * (Delta_i - mean_j Delta_j))                (mean detached: a centring)
-    cal_dpo     l_i = -log sigmoid(r_w - r_l) + (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2      (Cal-DPO)
+    none        l_i = -log sigmoid(beta * Delta_i)                                         (DPO)
+    batch_mean  l_i = -log sigmoid(beta * (Delta_i - mean_j Delta_j))                      (ours; mean detached)
+    cal_dpo     l_i = -log sigmoid(Delta_i) + 1/2 [mean_j (r_w,j - t)^2 + mean_j (r_l,j + t)^2]     (Cal-DPO)
 
-and over the batch:
+cal_dpo is the official code, tengxiao1/Cal-DPO scripts/dpo_trainer.py L1211-1216 (commit 646a754): F.mse_loss
+reduces by the mean, so the calibration is one batch-level term added to every pair, with the code's weight 0.5.
+Its batch mean (the loss with robust none) equals mean_i of the per-pair -log sigmoid(Delta_i) + 1/2 [(r_w,i - t)^2
++ (r_l,i + t)^2]; under drop_top pairs are ranked by their DPO term and the calibration still covers every pair.
+
+and over the micro-batch:
 
     none        L = mean_i l_i
-    drop_top    L = mean of l_i without the top `drop_fraction` of pairs by l_i (the likeliest mislabelled ones)
-    dr_dpo      L = -beta' * log mean_i exp(-l_i / beta')                            (Dr-DPO)
+    drop_top    L = mean of the k = max(int((1 - drop_fraction) * n), 1) smallest l_i: the n - k highest-loss pairs (the
+                    likeliest mislabelled; drop_fraction * n rounded up) are dropped, at least one of n >= 2, none of 1
+                    (warned once). Co-teaching's small-loss rule: Han et al. 2018, bhanML/Co-teaching loss.py L17-18
+                    (commit 03f0c45)
+    dr_dpo      L = -beta' * log mean_i exp(-l_i / beta')                                  (Dr-DPO; beta' = dr_beta)
+
+dr_dpo is junkangwu/Dr_DPO trainers.py L269-270 (commit b980ad0), written as a logsumexp so that it cannot overflow.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,11 +61,22 @@ def pair_losses(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor
             return -F.logsigmoid(beta * delta)
         case "batch_mean":
             return -F.logsigmoid(beta * (delta - delta.mean().detach()))
-        case "cal_dpo":
+        case "cal_dpo":  # the calibration is a batch mean, as in the official code's F.mse_loss
             target = 1 / (2 * beta)
-            return (-F.logsigmoid(delta) + (chosen_logratios - target) ** 2
-                    + (rejected_logratios + target) ** 2)
+            calibration_loss = ((chosen_logratios - target) ** 2).mean() + ((rejected_logratios + target) ** 2).mean()
+            return -F.logsigmoid(delta) + 0.5 * calibration_loss
     raise ValueError(f"dpo calibration {calibration!r} is not one of none, batch_mean, cal_dpo")
+
+
+_warned_too_small = False
+
+
+def _warn_too_small(n: int, drop_fraction: float) -> None:
+    global _warned_too_small
+    if not _warned_too_small:
+        _warned_too_small = True
+        warnings.warn(f"dpo robust drop_top keeps every pair of a micro-batch of {n} pair{'s' * (n != 1)} "
+                      f"(drop_fraction {drop_fraction}): nothing to drop; warned once")
 
 
 def aggregate(losses: torch.Tensor, robust: str, drop_fraction: float = 0.15,
@@ -61,21 +85,27 @@ def aggregate(losses: torch.Tensor, robust: str, drop_fraction: float = 0.15,
     match robust:
         case "none":
             return losses.mean(), 0
-        case "drop_top":
-            n_drop = min(int(drop_fraction * losses.numel()), losses.numel() - 1)
-            kept = torch.sort(losses).values[: losses.numel() - n_drop]
-            return kept.mean(), n_drop
+        case "drop_top":  # keep the int((1 - fraction) * n) smallest losses, as Co-teaching does, and at least one
+            n_keep = max(int((1 - drop_fraction) * losses.numel()), 1)
+            if n_keep == losses.numel() and drop_fraction > 0:
+                _warn_too_small(losses.numel(), drop_fraction)
+            return torch.sort(losses).values[:n_keep].mean(), losses.numel() - n_keep
         case "dr_dpo":
             n = torch.tensor(float(losses.numel()), dtype=losses.dtype, device=losses.device)
             return -dr_beta * (torch.logsumexp(-losses / dr_beta, dim=0) - torch.log(n)), 0
     raise ValueError(f"dpo robust {robust!r} is not one of none, drop_top, dr_dpo")
 
 
-def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_beta: float = 1.0):
-    """DPOTrainer whose loss follows `schedule` by epoch; beta, calibration and drops are logged each step."""
+def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_beta: float = 1.0,
+                      reference: str = "start"):
+    """DPOTrainer whose loss follows `schedule` by epoch, against `reference` (start: the frozen "ref" copy of the
+    starting adapter; base: the adapters disabled); beta, calibration and drops are logged each step."""
     from accelerate.utils import is_peft_model
     from trl import DPOTrainer
     from trl.trainer.utils import use_adapter
+
+    if reference not in ("start", "base"):
+        raise ValueError(f"dpo reference {reference!r} is not one of start, base")
 
     class ScheduledDPOTrainer(DPOTrainer):
         def _sequence_logps(self, model, inputs):
@@ -98,6 +128,30 @@ def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_
                 per_token = (picked - torch.logsumexp(logits, dim=-1)).masked_fill(targets == -100, 0.0)
             return per_token.sum(dim=1).chunk(2, dim=0)  # the batch is [chosen..., rejected...]
 
+        @torch.no_grad()
+        def _reference_logps(self, model, inputs):
+            """pi_ref's log-probs, per step or (from compute_ref_log_probs) in TRL's precompute pass in __init__."""
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if self.ref_model is not None or not is_peft_model(unwrapped):
+                return self._sequence_logps(self.ref_model or model, inputs)
+            # TRL adds the "ref" adapter in __init__, before it precomputes: only this choice makes `base` the base.
+            adapter = "ref" if reference == "start" and "ref" in unwrapped.peft_config else None
+            with use_adapter(unwrapped, adapter_name=adapter):
+                return self._sequence_logps(model, inputs)
+
+        def compute_ref_log_probs(self, model, inputs):
+            with self.accelerator.autocast():
+                return self._reference_logps(model, inputs)
+
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            # TRL caches the pass by data and weights, the same for either reference: key it by the reference too.
+            model_hash = self._precompute_model_hash
+            self._precompute_model_hash = f"{model_hash}:{reference}"
+            try:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            finally:
+                self._precompute_model_hash = model_hash
+
         def _compute_loss(self, model, inputs, return_outputs):
             mode = "train" if self.model.training else "eval"
             phase = phase_at(schedule, self.state.epoch or 0.0)
@@ -105,13 +159,7 @@ def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_
             if self.precompute_ref_logps:
                 ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
             else:
-                with torch.no_grad():
-                    if is_peft_model(self.model) and self.ref_model is None:
-                        unwrapped = self.accelerator.unwrap_model(self.model)
-                        with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                            ref_chosen, ref_rejected = self._sequence_logps(self.model, inputs)
-                    else:
-                        ref_chosen, ref_rejected = self._sequence_logps(self.ref_model, inputs)
+                ref_chosen, ref_rejected = self._reference_logps(model, inputs)
             chosen_logratios, rejected_logratios = chosen_logps - ref_chosen, rejected_logps - ref_rejected
             losses = pair_losses(chosen_logratios, rejected_logratios, phase.beta, phase.calibration)
             loss, n_dropped = aggregate(losses, phase.robust, drop_fraction, dr_beta)
@@ -178,11 +226,9 @@ def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
             seed=config.seed, data_seed=config.seed, gradient_checkpointing=False, disable_tqdm=progress_disabled(),
             use_cpu=not _on_cuda(model), dataloader_num_workers=0,
         )
-        trainer_class = scheduled_trainer(config.schedule, config.drop_fraction, config.dr_beta)
+        trainer_class = scheduled_trainer(config.schedule, config.drop_fraction, config.dr_beta, config.reference)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 callbacks=[guard])
-        if config.reference == "base" and "ref" in model.peft_config:
-            model.delete_adapter("ref")  # without a "ref" adapter the reference pass disables the adapters
         result = trainer.train()
     if "ref" in model.peft_config:
         model.delete_adapter("ref")  # the checkpoint holds the trained adapter only

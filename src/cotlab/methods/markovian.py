@@ -44,7 +44,7 @@ from cotlab.schema import Example
 from cotlab.answers import extract_answer, is_correct
 from cotlab.methods.sft import TrainingDivergedError
 from cotlab.progress import progress
-from cotlab.prompts import MARKOVIAN_ANSWER_CUE, markovian_gold, markovian_prefix
+from cotlab.prompts import display_answer, question_block
 
 
 class CollapseError(TrainingDivergedError):
@@ -598,3 +598,31 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
         **{f"share_{k[2:]}": v / total for k, v in timing.items()},
     }
     return metrics, curve, eval_curve
+
+
+# ---------------------------------------------------------------- Markovian CoT (methods/markovian.py)
+# Plain text, no chat turns, as in the reference code. The CoT is sampled after "Reasoning:" from the question; the
+# answer is scored (training) and decoded (evaluation) after the same CoT tokens and " Answer:", with the question
+# replaced by REDACTED in Markovian mode, so the CoT alone must carry what the answer needs.
+REDACTED = "<Redacted>"
+MARKOVIAN_ANSWER_CUE = " Answer:"
+_MARKOVIAN_INSTRUCTION = {
+    "number": "You will be given a problem, which you have {length} tokens to work through step-by-step.",
+    "choice": "Use {length} tokens to think step-by-step, then select the letter of the correct option.",
+    "yes_no": "Use {length} tokens to think step-by-step, then answer Yes or No.",
+    "name": "Use {length} tokens to think step-by-step, then give the name asked for.",
+    "text": "Compress your understanding of this text into {length} tokens, then predict how it continues.",
+}
+
+
+def markovian_prefix(example: Example, cot_length: int, show_question: bool = True) -> str:
+    """What comes before the CoT: the instruction, the question (or REDACTED) and "Reasoning:". With the question it
+    is the prompt the CoT is sampled from; without it, the start of the Markovian answer prompt."""
+    instruction = _MARKOVIAN_INSTRUCTION[example.answer_type].format(length=cot_length)
+    question = question_block(example) if show_question else f"Question: {REDACTED}"
+    return f"{instruction}\n{question}\nReasoning:"
+
+
+def markovian_gold(example: Example) -> str:
+    """The answer as scored after MARKOVIAN_ANSWER_CUE (its own leading space: tokenised apart from the cue)."""
+    return " " + display_answer(example)

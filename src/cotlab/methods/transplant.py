@@ -36,8 +36,7 @@ from cotlab.schema import DataError
 from cotlab.evaluation.stats import mcnemar_exact, summarize, wilson_interval
 from cotlab.methods.sft import TrainingDivergedError
 from cotlab.progress import progress
-from cotlab.prompts import (TRANSPLANT_CUE, explanation_slot, render_messages, transplant_choice_messages,
-                            transplant_solve_messages)
+from cotlab.prompts import render_messages
 
 LABELS = ("A", "B")
 
@@ -348,3 +347,27 @@ def train(model, tokenizer, items: Sequence[ChoiceItem], curve_items: dict[str, 
                **{f"first.{k}": v for k, v in eval_curve[0].items() if k != "step"},
                **{f"last.{k}": v for k, v in eval_curve[-1].items() if k != "step"}}
     return metrics, curve, eval_curve
+
+
+# ---------------------------------------------------------------- transplant verification (methods/transplant.py)
+# Chat turns with a slot where each explanation goes: methods/transplant.py splices the explanation's token ids into
+# the slot, so that pass 1 (solving) and pass 2 (choosing) hold it as the same token sequence.
+TRANSPLANT_CUE = "Candidate"  # the start of the answer turn in pass 2: the next token is the candidate's identifier
+
+
+def explanation_slot(label: str) -> str:
+    return f"[[explanation {label}]]"
+
+
+def transplant_solve_messages(question: str) -> list[dict[str, str]]:
+    """Pass 1: the question, answered by the explanation (spliced in after the rendered prompt)."""
+    return [{"role": "user", "content": f"Solve this problem step by step.\n\nQuestion: {question}"}]
+
+
+def transplant_choice_messages(question: str, argument: str, labels: Sequence[str] = ("A", "B")) -> list[dict[str, str]]:
+    """Pass 2: the question, both explanations (slots), the argument and the choice."""
+    candidates = "\n\n".join(f"Candidate {label}:\n{explanation_slot(label)}" for label in labels)
+    return [{"role": "user", "content": (
+        f"Question: {question}\n\n{candidates}\n\nArgument:\n{argument}\n\n"
+        f"Which candidate is correct? Reply with {' or '.join(labels)}."
+    )}]

@@ -8,7 +8,7 @@ import re
 from typing import Sequence
 
 from cotlab.evaluation.stats import wilson_interval
-from cotlab.prompts import judge_messages
+from cotlab.prompts import question_block
 from cotlab.schema import Example
 
 
@@ -58,3 +58,19 @@ def win_rate(pairs: Sequence[dict], verdicts: Sequence[str | None], confidence: 
             "challenger_wins": wins, "win_rate": wins / decided if decided else float("nan"),
             "win_rate_ci_low": low, "win_rate_ci_high": high,
             "judge_picks_first": sum(shown_first) / len(shown_first) if shown_first else float("nan")}
+
+
+JUDGE_SYSTEM = "You are a strict judge of study questions. You reply with one letter."
+
+
+def judge_messages(example: Example, questions_a: str, questions_b: str) -> list[dict[str, str]]:
+    """Which of two students' clarifying questions would help more to answer the question correctly."""
+    return [
+        {"role": "system", "content": JUDGE_SYSTEM},
+        {"role": "user", "content": (
+            f"{question_block(example)}\n\n"
+            "Before answering, two students wrote the questions they would ask a teacher.\n"
+            f"Student A: {questions_a}\nStudent B: {questions_b}\n\n"
+            "Whose questions are more focused and more useful for answering correctly? Reply with A or B only."
+        )},
+    ]
