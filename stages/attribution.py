@@ -4,14 +4,11 @@ question tokens per test question (and per token, which does not reward long dra
 median completeness error of IG, and the write-up's criterion (>= 20% of the mass after DPO)."""
 import random
 
-import numpy as np
-
 from cotlab import tracking
 from cotlab.schema import read_examples, write_json, write_jsonl
-from cotlab.evaluation.attribution import draft_attribution
+from cotlab.evaluation.attribution import attribution_metrics, draft_attribution, summarize_attribution
 from cotlab.models import load_checkpoint
 from cotlab.progress import progress
-from cotlab.evaluation.stats import mean_with_ci
 from cotlab.selfimprove.drafts import drafts_for
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_main
 
@@ -21,25 +18,17 @@ def main(params, task):
     test = read_examples(f"{data_dir(task)}/test.jsonl")
     drafts = dict(zip((ex.id for ex in test), drafts_for(test, f"{drafts_dir(task)}/test.jsonl")))
     sample = random.Random(f"{params.seed}-attribution").sample(test, min(params.sizes.n_attribution, len(test)))
-    metrics, rows = {}, []
+    summaries, rows = [], []
     with tracking.stage_run(f"attribution@{task}", mlflow_params(params), task=task):
-        for when, method in (("before_dpo", "cot_distill"), ("after_dpo", "dpo")):
+        for method in ("cot_distill", "dpo"):  # before DPO (Phase B), after it (Phase C)
             # float32 whatever the base's dtype: integrated gradients in bf16 miss IG's completeness check by far more
             model, tokenizer, _ = load_checkpoint(model_dir(method, task), params.model.device, dtype="float32")
             results = [draft_attribution(model, tokenizer, ex, drafts[ex.id], n_steps=params.attribution.n_steps)
                        for ex in progress(sample, desc=f"attribution {method}", unit="question")]
             rows += [{"id": ex.id, "model": method, **vars(a)} for ex, a in zip(sample, results)]
-            metrics[when] = {"n": len(results),
-                             "median_relative_delta": float(np.nanmedian([a.relative_delta for a in results]))}
-            for key in ("draft_share", "draft_share_per_token"):
-                summary = mean_with_ci([getattr(a, key) for a in results])
-                metrics[when].update({key: summary["mean"], f"{key}_ci_low": summary["ci_low"],
-                                      f"{key}_ci_high": summary["ci_high"]})
+            summaries.append(summarize_attribution(results))
         criterion = params.attribution.criterion
-        metrics["criterion"] = criterion
-        metrics["criterion_met"] = metrics["after_dpo"]["draft_share"] >= criterion
-        for key in ("draft_share", "draft_share_per_token"):
-            metrics[f"change.{key}"] = metrics["after_dpo"][key] - metrics["before_dpo"][key]
+        metrics = attribution_metrics(*summaries, criterion)
         write_jsonl(f"attribution/{task}/scores.jsonl", rows)
         write_json(f"metrics/attribution/{task}.json", metrics)
         tracking.log_metrics({f"{w}.{k}": v for w, m in metrics.items() if isinstance(m, dict) for k, v in m.items()})

@@ -5,6 +5,7 @@ import random
 from pathlib import Path
 
 from cotlab.schema import read_examples, write_jsonl
+from cotlab.evaluation.probe import ProbeRecord, probe_markdown
 from cotlab.methods import codi
 from cotlab.stage import codi_data_dir, model_dir, stage_main
 
@@ -16,22 +17,12 @@ def main(params, task):
     sample = random.Random(f"{params.seed}-codi-probe").sample(test, min(cfg.probe_questions, len(test)))
     model, tokenizer, manifest = codi.load(model_dir("codi", task), params.model.device)
     answers = codi.predict(model, tokenizer, sample, manifest["token_ids"], cfg.max_new_tokens, len(sample))
-    rows, lines = [], [f"# CODI probe: {task}", "",
-                       f"Each continuous thought's source state read through the LM head (top {cfg.probe_top_k} "
-                       f"tokens, probability), {model.codi_config.inf_latent_iterations} thoughts per question.", ""]
-    for ex, answer in zip(sample, answers):
-        thoughts = codi.probe(model, tokenizer, ex, manifest["token_ids"], cfg.probe_top_k)
-        decoded = answer.text
-        rows.append({"id": ex.id, "question": ex.question, "gold": ex.answer, "output": decoded, "thoughts": thoughts})
-        lines += [f"## {ex.id}", "", f"**Question:** {ex.question}", "", f"**Gold:** {ex.answer} | "
-                  f"**CODI:** {decoded.strip()!r}", "", f"**Reasoning replaced:** {ex.reasoning}", "",
-                  "| thought | top tokens |", "|---|---|"]
-        lines += [f"| {t['thought']} | " + ", ".join(f"`{tok!r}` {p:.2f}" for tok, p in zip(t["tokens"], t["probs"]))
-                  + " |" for t in thoughts]
-        lines.append("")
-    write_jsonl(f"reports/codi_probe/{task}/probe.jsonl", rows)
-    Path(f"reports/codi_probe/{task}/probe.md").write_text("\n".join(lines))
-    print("\n".join(lines[:40]))
+    records = [ProbeRecord(ex, answer.text, codi.probe(model, tokenizer, ex, manifest["token_ids"], cfg.probe_top_k))
+               for ex, answer in zip(sample, answers)]
+    report = probe_markdown(task, cfg.probe_top_k, model.codi_config.inf_latent_iterations, records)
+    write_jsonl(f"reports/codi_probe/{task}/probe.jsonl", [r.row() for r in records])
+    Path(f"reports/codi_probe/{task}/probe.md").write_text(report)
+    print("\n".join(report.split("\n")[:40]))
 
 
 if __name__ == "__main__":

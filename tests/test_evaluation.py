@@ -1,6 +1,7 @@
 import pytest
 
-from cotlab.evaluation.compare import compare, load_predictions, markdown, verification
+from cotlab.evaluation.compare import (CODI_MODELS, MARKOVIAN_MODELS, TRANSPLANT_MODELS, compare, load_predictions,
+                                      markdown, optional_models, verification, write_markdown)
 from cotlab.evaluation.generate import generate
 from cotlab.evaluation.run import evaluate, pick_shots
 from cotlab.schema import DataError, write_jsonl
@@ -90,3 +91,20 @@ def test_optional_tasks_bring_only_their_named_models(tmp_path):
         write_jsonl(tmp_path / f"{model}/{task}/predictions.jsonl", _preds([True, False]))
     table = load_predictions(tmp_path, ["kept"], optional={"extra": ("codi", "cot_sft"), "absent": ("codi",)})
     assert {t: set(m) for t, m in table.items()} == {"kept": {"base_zeroshot"}, "extra": {"codi"}}
+
+
+def test_each_methods_tasks_bring_its_own_models():
+    optional = optional_models(["gsm8k"], ["gsm8k", "arc"], ["svamp"])
+    assert optional == {"gsm8k": CODI_MODELS + MARKOVIAN_MODELS, "arc": MARKOVIAN_MODELS, "svamp": TRANSPLANT_MODELS}
+    assert optional["gsm8k"] == ("codi", "cot_sft", "base_fewshot_cot", "markovian", "markovian_base",
+                                 "non_markovian", "non_markovian_base")  # the order the lists are given in
+    assert optional_models([], [], []) == {}
+
+
+def test_the_report_is_written_where_asked_and_returned(tmp_path):
+    write_jsonl(tmp_path / "eval/base_zeroshot/t/predictions.jsonl", _preds([True, False]))
+    write_jsonl(tmp_path / "eval/sft/t/predictions.jsonl", _preds([True, True]))
+    result = compare(load_predictions(tmp_path / "eval"), "base_zeroshot", 100, 0.95, seed=0)
+    report = write_markdown(tmp_path / "reports/compare.md", result, "base_zeroshot")
+    assert report == markdown(result, "base_zeroshot") and report.endswith("|\n")
+    assert (tmp_path / "reports/compare.md").read_text() == report

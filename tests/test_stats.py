@@ -2,8 +2,10 @@ import json
 import math
 
 import pytest
+from scipy import stats
 
-from cotlab.evaluation.stats import mcnemar_exact, paired_bootstrap_diff, summarize, wilson_interval
+from cotlab.evaluation.stats import (mcnemar_exact, paired_bootstrap_diff, paired_logprob_gain, summarize,
+                                     two_stage_metrics, wilson_interval)
 
 
 def test_wilson_known_values():
@@ -137,3 +139,49 @@ def test_summarize_sanitizes_keys_and_empty():
     empty = summarize([])
     assert empty["n"] == 0 and math.isnan(empty["accuracy"])
     assert math.isnan(empty["accuracy_ci_low"])
+
+
+def _two_stage_row(anchored, simple, logprob, repetition=0.0):
+    """A row as markovian.two_stage writes it for a number question: `correct` is the primary (anchored) reading."""
+    return {"pred": "7" if anchored else "3", "pred_strict": None, "correct": anchored, "correct_strict": False,
+            "truncated": False, "correct_anchored": anchored, "correct_simple": simple,
+            "answer_logprob": logprob, "cot_repetition": repetition}
+
+
+def test_two_stage_metrics_reports_each_extraction_variant_and_the_logprob_interval():
+    rows = [_two_stage_row(True, True, -0.5), _two_stage_row(True, False, -1.0, repetition=0.9),
+            _two_stage_row(False, False, -2.5), _two_stage_row(True, True, -0.2, repetition=0.5)]
+    m = two_stage_metrics(rows)
+    assert {k: m[k] for k in summarize(rows)} == summarize(rows)
+    assert m["accuracy_anchored"] == 0.75 and m["accuracy_simple"] == 0.5
+    assert (m["accuracy_anchored_ci_low"], m["accuracy_anchored_ci_high"]) == wilson_interval(3, 4)
+    assert (m["accuracy_simple_ci_low"], m["accuracy_simple_ci_high"]) == wilson_interval(2, 4)
+    assert "accuracy_strict_ci_low" in m and not any(k.startswith("accuracy_strict_strict") for k in m)
+    assert m["answer_logprob"] == pytest.approx(-1.05)
+    t = stats.t.interval(0.95, 3, loc=-1.05, scale=stats.sem([-0.5, -1.0, -2.5, -0.2]))
+    assert (m["answer_logprob_ci_low"], m["answer_logprob_ci_high"]) == pytest.approx(t)
+    assert m["cot_repetition_rate"] == 0.25  # repetition strictly above one half: 0.5 itself is not repetitive
+    json.dumps(m)
+
+
+def test_paired_logprob_gain_is_the_mean_difference_with_its_t_interval_and_wilcoxon_p():
+    base = [_two_stage_row(False, False, lp) for lp in (-2.0, -1.5, -3.0, -1.0, -2.2)]
+    trained = [_two_stage_row(True, True, lp) for lp in (-1.0, -1.6, -1.0, -0.4, -1.2)]
+    diffs = [1.0, -0.1, 2.0, 0.6, 1.0]
+    gain = paired_logprob_gain(trained, base)
+    assert gain["answer_logprob_vs_base"] == pytest.approx(sum(diffs) / 5)
+    interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    assert gain["answer_logprob_vs_base_ci_low"] == pytest.approx(interval.low)
+    assert gain["answer_logprob_vs_base_ci_high"] == pytest.approx(interval.high)
+    assert interval.low < gain["answer_logprob_vs_base"] < interval.high
+    assert gain["answer_logprob_vs_base_wilcoxon_p"] == pytest.approx(stats.wilcoxon(diffs).pvalue)
+
+
+def test_paired_logprob_gain_with_no_difference_has_p_one():
+    """Wilcoxon's normal approximation is 0/0 on all-zero differences; an actor that matches its base everywhere is
+    no evidence of a gain, and its interval has zero width at zero."""
+    rows = [_two_stage_row(True, True, lp) for lp in (-1.0, -0.5, -2.0)]
+    gain = paired_logprob_gain(rows, [dict(r) for r in rows])
+    assert gain["answer_logprob_vs_base"] == 0.0
+    assert gain["answer_logprob_vs_base_wilcoxon_p"] == 1.0
+    assert gain["answer_logprob_vs_base_ci_low"] == gain["answer_logprob_vs_base_ci_high"] == 0.0

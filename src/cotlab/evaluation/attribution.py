@@ -14,12 +14,17 @@ steps leave errors of tens of percent, so read the share together with the repor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cotlab.schema import Example
 from cotlab.prompts import display_answer, render_prompt
+from cotlab.evaluation.stats import mean_with_ci
+
+SHARES = ("draft_share", "draft_share_per_token")
 
 
 @dataclass
@@ -78,3 +83,22 @@ def draft_attribution(model, tokenizer, example: Example, draft: str, template: 
                        convergence_delta=float(delta.abs().sum()),
                        relative_delta=float(delta.abs().sum()) / gap if gap > 0 else float("nan"),
                        n_draft_tokens=len(draft_tokens), n_question_tokens=len(question_tokens))
+
+
+def summarize_attribution(results: Sequence[Attribution]) -> dict:
+    """One model's attributions: n, the median relative completeness error (nan-skipping: a question whose
+    baseline gap is zero has none), and each draft share's mean with its 95% t interval."""
+    summary = {"n": len(results), "median_relative_delta": float(np.nanmedian([a.relative_delta for a in results]))}
+    for key in SHARES:
+        share = mean_with_ci([getattr(a, key) for a in results])
+        summary.update({key: share["mean"], f"{key}_ci_low": share["ci_low"], f"{key}_ci_high": share["ci_high"]})
+    return summary
+
+
+def attribution_metrics(before: dict, after: dict, criterion: float) -> dict:
+    """The stage's metrics from the summaries before and after DPO: both, the write-up's criterion (the draft's
+    share after DPO at least `criterion`) and what DPO changed in each share."""
+    metrics = {"before_dpo": before, "after_dpo": after, "criterion": criterion,
+               "criterion_met": after["draft_share"] >= criterion}
+    metrics.update({f"change.{key}": after[key] - before[key] for key in SHARES})
+    return metrics

@@ -12,6 +12,10 @@ from pathlib import Path
 from cotlab.schema import DataError, read_jsonl
 from cotlab.evaluation.stats import mcnemar_exact, paired_bootstrap_diff, summarize
 
+CODI_MODELS = ("codi", "cot_sft", "base_fewshot_cot")  # eval_codi@<task>'s outs
+MARKOVIAN_MODELS = ("markovian", "markovian_base", "non_markovian", "non_markovian_base")  # eval_markovian@<task>
+TRANSPLANT_MODELS = ("transplant", "transplant_masked", "no_transplant")  # the transplant stages' evaluations
+
 
 def load_predictions(eval_dir: str | Path, tasks: list[str] | None = None,
                      optional: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, list[dict]]]:
@@ -28,6 +32,19 @@ def load_predictions(eval_dir: str | Path, tasks: list[str] | None = None,
         raise DataError(f"{eval_dir}: no predictions for task(s) {missing or tasks} "
                         "(expected <model>/<task>/predictions.jsonl)")
     return table
+
+
+def optional_models(codi_tasks: list[str], markovian_tasks: list[str],
+                    transplant_tasks: list[str]) -> dict[str, tuple[str, ...]]:
+    """`load_predictions`'s `optional`: CODI's, Markovian's and the transplant's tasks bring only their own models,
+    and are optional, so a pair whose side was not evaluated is reported as such in the table. A task in several
+    lists brings the models of each, in that order."""
+    optional: dict[str, tuple[str, ...]] = {}
+    for tasks, models in ((codi_tasks, CODI_MODELS), (markovian_tasks, MARKOVIAN_MODELS),
+                          (transplant_tasks, TRANSPLANT_MODELS)):
+        for task in tasks:
+            optional[task] = optional.get(task, ()) + models
+    return optional
 
 
 def paired(task: str, model: str, preds: list[dict], against: str, ref: list[dict], n_resamples: int,
@@ -194,6 +211,16 @@ def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
                     f"{100 * r['diff_vs_argument']:+.1f} | [{100 * r['diff_vs_argument_ci_low']:+.1f}, "
                     f"{100 * r['diff_vs_argument_ci_high']:+.1f}] | {r['mcnemar_p_vs_argument']:.3g} |")
     return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: str | Path, result: dict, reference: str, pairs: dict[str, dict] | None = None,
+                   verified: dict[str, dict[str, dict]] | None = None) -> str:
+    """Write `markdown`'s report to `path` (making its folder) and return it."""
+    report = markdown(result, reference, pairs, verified)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report)
+    return report
 
 
 def write_accuracy_plot(result: dict, path: str | Path) -> None:

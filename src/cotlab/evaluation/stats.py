@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["wilson_interval", "mcnemar_exact", "paired_bootstrap_diff", "summarize"]
+__all__ = ["wilson_interval", "mcnemar_exact", "paired_bootstrap_diff", "summarize", "mean_with_ci",
+           "two_stage_metrics", "paired_logprob_gain"]
 
 TOP_K_ANSWERS = 10
 INVALID_KEY = "pred_share.:invalid"
@@ -143,3 +144,34 @@ def mean_with_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
         return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "n": int(x.size)}
     low, high = stats.t.interval(confidence, x.size - 1, loc=x.mean(), scale=stats.sem(x))
     return {"mean": float(x.mean()), "ci_low": float(low), "ci_high": float(high), "n": int(x.size)}
+
+
+def two_stage_metrics(rows: list[dict], confidence: float = 0.95) -> dict:
+    """`summarize` plus what the two-stage protocol records per row: an accuracy with its Wilson interval for each
+    extraction variant (`correct_<variant>`, strict aside: `summarize` has it), the mean gold-answer log-prob with
+    its t interval, and the share of CoTs that repeat themselves (`cot_repetition` > 0.5)."""
+    metrics = summarize(rows)
+    n = len(rows)
+    for variant in sorted({k[len("correct_"):] for r in rows for k in r if k.startswith("correct_")} - {"strict"}):
+        k = sum(r[f"correct_{variant}"] for r in rows)
+        low, high = wilson_interval(k, n, confidence)
+        metrics.update({f"accuracy_{variant}": k / n, f"accuracy_{variant}_ci_low": low,
+                        f"accuracy_{variant}_ci_high": high})
+    logprobs = [r["answer_logprob"] for r in rows]
+    metrics["answer_logprob"] = sum(logprobs) / n
+    interval = stats.ttest_1samp(logprobs, 0.0).confidence_interval(confidence)
+    metrics["answer_logprob_ci_low"], metrics["answer_logprob_ci_high"] = float(interval.low), float(interval.high)
+    metrics["cot_repetition_rate"] = sum(r["cot_repetition"] > 0.5 for r in rows) / n
+    return metrics
+
+
+def paired_logprob_gain(trained_rows: list[dict], base_rows: list[dict], confidence: float = 0.95) -> dict:
+    """The reward itself, paired per question: the gold answer's log-prob after the trained CoT minus after the
+    base's, as the mean difference, its t interval and the Wilcoxon signed-rank p. Wilcoxon is 0/0 when every
+    difference is zero, and no difference at all is no evidence of a gain: p = 1.0."""
+    diffs = [t["answer_logprob"] - b["answer_logprob"] for t, b in zip(trained_rows, base_rows)]
+    interval = stats.ttest_1samp(diffs, 0.0).confidence_interval(confidence)
+    return {"answer_logprob_vs_base": sum(diffs) / len(diffs),
+            "answer_logprob_vs_base_ci_low": float(interval.low),
+            "answer_logprob_vs_base_ci_high": float(interval.high),
+            "answer_logprob_vs_base_wilcoxon_p": float(stats.wilcoxon(diffs).pvalue) if any(diffs) else 1.0}
