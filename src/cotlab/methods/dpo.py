@@ -210,7 +210,7 @@ def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
     from datasets import Dataset
     from trl import DPOConfig
 
-    from cotlab.methods.sft import LossCurve, TrainingDivergedError, _on_cuda
+    from cotlab.methods.sft import LossCurve, TrainingDivergedError, _bf16, _on_cuda
     from cotlab.progress import progress_disabled
 
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in pairs])
@@ -225,6 +225,7 @@ def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
             precompute_ref_log_probs=config.precompute_ref, save_strategy="no", report_to=config.report_to or [],
             seed=config.seed, data_seed=config.seed, gradient_checkpointing=False, disable_tqdm=progress_disabled(),
             use_cpu=not _on_cuda(model), dataloader_num_workers=0,
+            bf16=_on_cuda(model) and _bf16(model),  # as SFT: TRL defaults to True, which autocasts on CPU too
         )
         trainer_class = scheduled_trainer(config.schedule, config.drop_fraction, config.dr_beta, config.reference)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
