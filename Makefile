@@ -28,6 +28,7 @@ install: $(STAMP)
 
 repro: $(STAMP)
 	test -d .git || git init -q
+	python -m cotlab.sections params.yaml
 	dvc repro
 
 # Two workers: the tiny DAG (tests/test_pipeline.py, run first) on one, every other test file on the other.

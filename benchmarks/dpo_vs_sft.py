@@ -16,7 +16,6 @@ import time
 from dataclasses import replace
 
 from _common import CACHE, PeakRSS, base_model, examples, model_arg
-from cotlab.config import DPOPhase
 from cotlab.data.pairs import build_pairs
 from cotlab.schema import Example
 from cotlab.formats import parse_teacher
@@ -39,11 +38,10 @@ def phase_c_examples(n: int) -> list[Example]:
 
 def time_dpo(path, pairs, precompute: bool) -> dict:
     model, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
-    config = dpo.DPORunConfig(schedule=[DPOPhase(1, 0.1)], batch_size=8, logging_steps=100, precompute_ref=precompute,
-                              max_length=1024)
+    config = dpo.DPOConfig(schedule=[dpo.DPOPhase(1, 0.1)], batch_size=8, logging_steps=100, precompute_ref=precompute)
     with PeakRSS() as mem:
         started = time.perf_counter()
-        dpo.train(model, tokenizer, pairs, config)
+        dpo.train(model, tokenizer, pairs, config, max_length=1024, seed=0)
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "per_pair_s": seconds / len(pairs), "peak_rss_mb": mem.peak_mb}
 
@@ -51,11 +49,10 @@ def time_dpo(path, pairs, precompute: bool) -> dict:
 def time_sft(path, rows: list[Example], with_rejected: list[Example] | None) -> dict:
     model, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
     train = rows + (with_rejected or [])
-    config = sft.SFTRunConfig(template="cot", with_draft=True, epochs=1, batch_size=8, report_to=[],
-                              logging_steps=100, max_length=1024, padding_free=False)
+    config = sft.TrainConfig(lr=2e-4, epochs=1, with_draft=True, batch_size=8, logging_steps=100, padding_free=False)
     with PeakRSS() as mem:
         started = time.perf_counter()
-        sft.train(model, tokenizer, train, config)
+        sft.train(model, tokenizer, train, config, template="cot", max_length=1024, seed=0, report_to=[])
         seconds = time.perf_counter() - started
     return {"seconds": seconds, "per_pair_s": seconds / len(rows), "peak_rss_mb": mem.peak_mb}
 

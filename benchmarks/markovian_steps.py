@@ -16,9 +16,9 @@ import time
 import torch
 
 from _common import CACHE, base_model, model_arg
-from cotlab.config import MarkovianConfig
 from cotlab.data.sources import load_task
 from cotlab.methods import markovian as M
+from cotlab.methods.markovian import MarkovianConfig
 from cotlab.models import load_for_training
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}

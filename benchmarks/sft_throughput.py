@@ -27,12 +27,12 @@ def real_tokens(dataset, tokenizer) -> int:
 
 def run(path, train, padding_free: bool, checkpointing: bool) -> dict:
     model, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
-    config = sft.SFTRunConfig(template="cot", epochs=1, batch_size=8, report_to=[], logging_steps=10,
-                              padding_free=padding_free, gradient_checkpointing=checkpointing, max_length=1024)
+    config = sft.TrainConfig(lr=2e-4, epochs=1, batch_size=8, logging_steps=10, padding_free=padding_free,
+                             gradient_checkpointing=checkpointing)
     dataset, _, _ = sft.build_dataset(train, tokenizer, "cot", 1024)
     with PeakRSS() as mem:
         started = time.perf_counter()
-        sft.train(model, tokenizer, train, config)
+        sft.train(model, tokenizer, train, config, template="cot", max_length=1024, seed=0, report_to=[])
         seconds = time.perf_counter() - started
     tokens = real_tokens(dataset, tokenizer)
     return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, "peak_rss_mb": mem.peak_mb}

@@ -18,9 +18,7 @@ import subprocess
 import urllib.request
 
 from _common import CACHE, examples
-from cotlab.config import TeacherConfig
-from cotlab.teacher import teacher_messages
-from cotlab.teacher import Request, Teacher
+from cotlab.teacher import Request, Teacher, TeacherConfig, teacher_messages
 
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "openai_server.py"
 

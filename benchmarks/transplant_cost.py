@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from _common import CACHE, base_model, model_arg
-from cotlab.config import TeacherConfig, TransplantConfig
+from cotlab.methods.transplant import TransplantConfig
 from cotlab.data.candidates import make_candidates, oracle_candidates
 from cotlab.data.sources import load_task
 from cotlab.methods import transplant as T
 from cotlab.models import load_for_training
-from cotlab.teacher import Teacher
+from cotlab.teacher import Teacher, TeacherConfig
 
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}
 

@@ -6,7 +6,7 @@ import random
 
 from cotlab import tracking
 from cotlab.schema import read_examples, write_json, write_jsonl
-from cotlab.evaluation.attribution import attribution_metrics, draft_attribution, summarize_attribution
+from cotlab.evaluation.attribution import AttributionConfig, attribution_metrics, draft_attribution, summarize_attribution
 from cotlab.models import load_checkpoint
 from cotlab.progress import progress
 from cotlab.selfimprove.drafts import drafts_for
@@ -15,6 +15,7 @@ from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_m
 
 @stage_main("attribution")
 def main(params, task):
+    cfg = params.section("attribution", AttributionConfig)
     test = read_examples(f"{data_dir(task)}/test.jsonl")
     drafts = dict(zip((ex.id for ex in test), drafts_for(test, f"{drafts_dir(task)}/test.jsonl")))
     sample = random.Random(f"{params.seed}-attribution").sample(test, min(params.sizes.n_attribution, len(test)))
@@ -23,11 +24,11 @@ def main(params, task):
         for method in ("cot_distill", "dpo"):  # before DPO (Phase B), after it (Phase C)
             # float32 whatever the base's dtype: integrated gradients in bf16 miss IG's completeness check by far more
             model, tokenizer, _ = load_checkpoint(model_dir(method, task), params.model.device, dtype="float32")
-            results = [draft_attribution(model, tokenizer, ex, drafts[ex.id], n_steps=params.attribution.n_steps)
+            results = [draft_attribution(model, tokenizer, ex, drafts[ex.id], n_steps=cfg.n_steps)
                        for ex in progress(sample, desc=f"attribution {method}", unit="question")]
             rows += [{"id": ex.id, "model": method, **vars(a)} for ex, a in zip(sample, results)]
             summaries.append(summarize_attribution(results))
-        criterion = params.attribution.criterion
+        criterion = cfg.criterion
         metrics = attribution_metrics(*summaries, criterion)
         write_jsonl(f"attribution/{task}/scores.jsonl", rows)
         write_json(f"metrics/attribution/{task}.json", metrics)

@@ -1,17 +1,17 @@
 """Stage candidates@<task> (on transplant.tasks): per math problem, a correct and an incorrect explained answer and an
 argument that picks one (the correct one at `argument_correct_rate`), for transplant verification."""
 from cotlab import tracking
-from cotlab.data.candidates import make_candidates, oracle_candidates
+from cotlab.data.candidates import CandidatesConfig, make_candidates, oracle_candidates
 from cotlab.schema import write_json, write_jsonl
 from cotlab.data.sources import load_task
 from cotlab.stage import candidates_dir, mlflow_params, stage_main
-from cotlab.teacher import Teacher
+from cotlab.teacher import Teacher, TeacherConfig
 
 
 @stage_main("candidates")
 def main(params, task):
-    cfg = params.candidates
-    teacher = Teacher(params.teacher, oracle=lambda r: oracle_candidates(r.example, r.context))
+    cfg = params.section("candidates", CandidatesConfig)
+    teacher = Teacher(params.section("teacher", TeacherConfig), oracle=lambda r: oracle_candidates(r.example, r.context))
     # Loaded here, not from data@<task>, so the stage works whatever `tasks` lists (same seed: same split).
     splits = load_task(task, params.task_specs[task], params.sizes.n_train, params.sizes.n_test, params.seed)
     with tracking.stage_run(f"candidates@{task}", mlflow_params(params), task=task):

@@ -12,7 +12,7 @@ from cotlab.stage import codi_data_dir, model_dir, stage_main
 
 @stage_main("codi_probe")
 def main(params, task):
-    cfg = params.codi
+    cfg = params.section("codi", codi.CODIConfig)
     test = read_examples(f"{codi_data_dir(task)}/test.jsonl")
     sample = random.Random(f"{params.seed}-codi-probe").sample(test, min(cfg.probe_questions, len(test)))
     model, tokenizer, manifest = codi.load(model_dir("codi", task), params.model.device)

@@ -1,16 +1,16 @@
 """Stage compare: every evaluated model per task, paired against the reference (metrics, report, plot data)."""
 from cotlab import tracking
 from cotlab.schema import write_json
-from cotlab.evaluation.compare import (TRANSPLANT_MODELS, compare, compare_pairs, load_predictions, optional_models,
+from cotlab.evaluation.compare import (TRANSPLANT_MODELS, CompareConfig, compare, compare_pairs, load_predictions, optional_models,
                                       verification, write_accuracy_plot, write_markdown)
 from cotlab.stage import mlflow_params, stage_main
 
 
 @stage_main("compare")
 def main(params):
-    cfg = params.compare
+    cfg = params.section("compare", CompareConfig)
     with tracking.stage_run("compare", mlflow_params(params)):
-        optional = optional_models(params.codi.tasks, params.markovian.tasks, params.transplant.tasks)
+        optional = optional_models(*(params.tasks_of(s) for s in ("codi", "markovian", "transplant")))
         table = load_predictions("eval", params.tasks, optional=optional)
         result = compare(table, cfg.reference, cfg.bootstrap_resamples, cfg.confidence, params.seed, cfg.ablations)
         pairs = compare_pairs(table, cfg.pairs, cfg.bootstrap_resamples, cfg.confidence, params.seed)

@@ -6,21 +6,22 @@ import time
 from cotlab import tracking
 from cotlab.schema import read_examples, write_json, write_jsonl
 from cotlab.models import load_checkpoint
-from cotlab.selfimprove.drafts import student_drafts
+from cotlab.selfimprove.drafts import DraftsConfig, student_drafts
 from cotlab.stage import BASE_MODEL, data_dir, drafts_dir, mlflow_params, stage_main
 
 
 @stage_main("drafts")
 def main(params, task):
+    cfg = params.section("drafts", DraftsConfig)
     model, tokenizer, _ = load_checkpoint(BASE_MODEL, params.model.device)
     metrics = {}
     with tracking.stage_run(f"drafts@{task}", mlflow_params(params), task=task):
         for split in ("train", "test"):
             start = time.perf_counter()
             rows, metrics[split] = student_drafts(model, tokenizer, read_examples(f"{data_dir(task)}/{split}.jsonl"),
-                                                  params.drafts.max_new_tokens,
-                                                  params.drafts.batch_size or params.sizes.eval_batch_size,
-                                                  params.drafts.stop_after_questions)
+                                                  cfg.max_new_tokens,
+                                                  cfg.batch_size or params.sizes.eval_batch_size,
+                                                  cfg.stop_after_questions)
             metrics[split]["runtime_s"] = round(time.perf_counter() - start, 2)
             write_jsonl(f"{drafts_dir(task)}/{split}.jsonl", rows)
         write_json(f"metrics/drafts/{task}.json", metrics)

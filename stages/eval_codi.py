@@ -24,11 +24,12 @@ def record(name: str, task: str, predictions: list[dict], metrics: dict) -> None
 
 @stage_main("eval_codi")
 def main(params, task):
+    config = params.section("codi", codi.CODIConfig)
     test = read_examples(f"{codi_data_dir(task)}/test.jsonl")
     batch_size = params.evaluate.batch_size or params.sizes.eval_batch_size
     with tracking.stage_run(f"eval_codi@{task}", mlflow_params(params), method="codi", task=task):
         model, tokenizer, manifest = codi.load(model_dir("codi", task), params.model.device)
-        generations = codi.predict(model, tokenizer, test, manifest["token_ids"], params.codi.max_new_tokens,
+        generations = codi.predict(model, tokenizer, test, manifest["token_ids"], config.max_new_tokens,
                                    batch_size)
         shown = [f"{question_block(ex)}\n<bot>[{model.codi_config.inf_latent_iterations} thoughts]<eot>" for ex in test]
         predictions, metrics = score(test, shown, generations)

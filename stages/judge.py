@@ -6,22 +6,23 @@ import sys
 from cotlab import tracking
 from cotlab.schema import read_examples, read_jsonl, write_json, write_jsonl
 from cotlab.models import load_checkpoint
-from cotlab.selfimprove.drafts import student_drafts
-from cotlab.selfimprove.judge import asked_questions, judge_pairs, parse_verdict, win_rate
+from cotlab.selfimprove.drafts import DraftsConfig, student_drafts
+from cotlab.selfimprove.judge import JudgeConfig, asked_questions, judge_pairs, parse_verdict, win_rate
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_main
 from cotlab.teacher import Request, Teacher
 
 
 @stage_main("judge")
 def main(params, task):
-    cfg = params.judge
+    cfg = params.section("judge", JudgeConfig)
+    drafts_cfg = params.section("drafts", DraftsConfig)
     test = read_examples(f"{data_dir(task)}/test.jsonl")
     incumbent = {row["id"]: asked_questions(row) for row in read_jsonl(f"{drafts_dir(task)}/test.jsonl")}
     with tracking.stage_run(f"judge@{task}", mlflow_params(params), task=task):
         model, tokenizer, _ = load_checkpoint(model_dir(cfg.challenger, task), params.model.device)
-        drafts, draft_metrics = student_drafts(model, tokenizer, test, params.drafts.max_new_tokens,
-                                               params.drafts.batch_size or params.sizes.eval_batch_size,
-                                               params.drafts.stop_after_questions)
+        drafts, draft_metrics = student_drafts(model, tokenizer, test, drafts_cfg.max_new_tokens,
+                                               drafts_cfg.batch_size or params.sizes.eval_batch_size,
+                                               drafts_cfg.stop_after_questions)
         del model
         challenger = {row["id"]: asked_questions(row) for row in drafts}
         pairs = judge_pairs(test, challenger, incumbent, params.seed)
@@ -43,7 +44,7 @@ def main(params, task):
         print(f"judge@{task}: WARNING nothing to compare: questions in {metrics['challenger_question_rate']:.0%} of "
               f"the challenger's drafts and {metrics['incumbent_question_rate']:.0%} of the base student's "
               f"(data/drafts/{task}/test.jsonl); the win rate is undefined. Longer drafts "
-              f"(drafts.max_new_tokens, now {params.drafts.max_new_tokens}) may reach the Questions line.",
+              f"(drafts.max_new_tokens, now {drafts_cfg.max_new_tokens}) may reach the Questions line.",
               file=sys.stderr)
         return
     print(f"judge@{task}: {cfg.challenger} wins {metrics['challenger_wins']}/{metrics['n_decided']} "

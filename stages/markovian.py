@@ -5,10 +5,9 @@ data/markovian/<task>. Writes the adapter (models/<variant>/<task>), every step'
 steps under checkpoints/<variant>/<task> (persisted by DVC: a killed run resumes there)."""
 import random
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import asdict, replace
 
 from cotlab import tracking
-from cotlab.config import MarkovianConfig
 from cotlab.schema import read_examples, write_json
 from cotlab.methods import markovian
 from cotlab.methods.sft import write_curve
@@ -18,11 +17,6 @@ from cotlab.stage import BASE_MODEL, markovian_data_dir, mlflow_params, model_di
 VARIANTS = {"markovian": True, "non_markovian": False}
 
 
-def run_config(params, variant: str) -> MarkovianConfig:
-    own = {f.name: getattr(params.markovian, f.name) for f in fields(MarkovianConfig)}
-    return MarkovianConfig(**{**own, "markovian": VARIANTS[variant]})
-
-
 def held_out(test, n: int, seed: int):
     """The questions evaluated during training: a seeded sample of the test split (never trained on)."""
     return random.Random(f"{seed}-markovian-eval").sample(test, min(n, len(test)))
@@ -30,16 +24,16 @@ def held_out(test, n: int, seed: int):
 
 @stage_main("markovian")
 def main(params, task, variant="markovian"):
-    config = run_config(params, variant)
+    config = replace(params.section("markovian", markovian.MarkovianConfig), markovian=VARIANTS[variant])
     train = read_examples(f"{markovian_data_dir(task)}/train.jsonl")
     test = read_examples(f"{markovian_data_dir(task)}/test.jsonl")
     with tracking.stage_run(f"{variant}@{task}", mlflow_params(params), method=variant, task=task), \
             tempfile.TemporaryDirectory(prefix="cotlab-markovian-") as scratch:
         model, tokenizer, base_manifest = load_for_training(BASE_MODEL, resolve_device(params.model.device), "none",
-                                                            asdict(params.markovian.lora), None)
-        sampler = markovian.make_sampler(params.markovian.sampler, model, tokenizer, BASE_MODEL, scratch)
+                                                            asdict(config.lora), None)
+        sampler = markovian.make_sampler(config.sampler, model, tokenizer, BASE_MODEL, scratch)
         metrics, curve, eval_curve = markovian.train(
-            model, tokenizer, train, held_out(test, params.markovian.n_eval, params.seed), config,
+            model, tokenizer, train, held_out(test, config.n_eval, params.seed), config,
             f"checkpoints/{variant}/{task}", sampler, params.sizes.eval_batch_size, seed=params.seed,
             base_fingerprint=base_manifest["fingerprint"])
         save_adapter(model, tokenizer, model_dir(variant, task), BASE_MODEL, variant, "markovian", "none",

@@ -3,6 +3,7 @@ an earlier round) drafts anew for the train and test questions, pairs are rebuil
 teacher's reasoning, DPO trains again from that model, and the new model is evaluated with the new test drafts."""
 from cotlab import tracking
 from cotlab.config import ConfigError
+from cotlab.methods.dpo import DPOConfig
 from cotlab.methods.sft import write_curve
 from cotlab.schema import read_examples, write_json, write_jsonl
 from cotlab.selfimprove.rounds import run_round
@@ -11,11 +12,12 @@ from cotlab.stage import BASE_MODEL, data_dir, filtered_dir, max_new_tokens, mlf
 
 @stage_main("self_guided")
 def main(params, name):
-    if name not in params.dpo.rounds:
-        raise ConfigError(f"dpo.rounds: no round named {name!r} (defined: {sorted(params.dpo.rounds)})")
-    start = params.dpo.rounds[name].start
+    cfg = params.section("dpo", DPOConfig)
+    if name not in cfg.rounds:
+        raise ConfigError(f"dpo.rounds: no round named {name!r} (defined: {sorted(cfg.rounds)})")
+    start = cfg.rounds[name].start
     summary = {}
-    for task in params.dpo.tasks:  # one MLflow run per task: each trains its own model
+    for task in cfg.tasks:  # one MLflow run per task: each trains its own model
         with tracking.stage_run(f"self_guided@{name}-{task}", mlflow_params(params), method=name, task=task):
             out = run_round(params, task, BASE_MODEL, model_dir(start, task), model_dir(name, task),
                             read_examples(f"{filtered_dir(task)}/train.jsonl"),

@@ -5,33 +5,32 @@ dataset's reasoning), from the base model."""
 from dataclasses import asdict
 
 from cotlab import tracking
+from cotlab.config import ConfigError
 from cotlab.schema import read_examples, write_json
 from cotlab.methods import cot_distill, sft
 from cotlab.models import load_for_training, resolve_device, save_adapter
 from cotlab.prompts import template_for
 from cotlab.stage import BASE_MODEL, codi_data_dir, filtered_dir, mlflow_params, model_dir, stage_main
 
-TRAINERS = {"sft": sft.train, "cot_distill": cot_distill.train, "cot_sft": cot_distill.train}
-
 
 @stage_main("train")
 def main(params, method, task):
-    cfg = params.train_config(method)
+    cfg = params.resolve(params.section(method, sft.TrainConfig))
+    template = template_for(method)
+    if method != "cot_distill" and cfg.init_from != "base":
+        raise ConfigError(f"{method}.init_from: {cfg.init_from!r}; only cot_distill continues another adapter (base)")
     init_from = model_dir("sft", task) if method == "cot_distill" and cfg.init_from == "sft" else None
-    run_config = sft.SFTRunConfig(
-        template=template_for(method), with_draft=cfg.with_draft, lr=params.learning_rate(method), epochs=params.epochs(method),
-        batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, warmup_ratio=cfg.warmup_ratio,
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, max_length=params.sizes.max_length,
-        padding_free=cfg.padding_free, gradient_checkpointing=cfg.gradient_checkpointing,
-        logging_steps=cfg.logging_steps, seed=params.seed,
-    )
+    run = {"max_length": params.sizes.max_length, "seed": params.seed}
     examples = read_examples(f"{codi_data_dir(task) if method == 'cot_sft' else filtered_dir(task)}/train.jsonl")
     with tracking.stage_run(f"{method}@{task}", mlflow_params(params), method=method, task=task):
         model, tokenizer, _ = load_for_training(BASE_MODEL, resolve_device(params.model.device), cfg.quantization,
                                                 asdict(cfg.lora), init_from)
-        model, metrics, curve = TRAINERS[method](model, tokenizer, examples, run_config)
-        save_adapter(model, tokenizer, model_dir(method, task), BASE_MODEL, method, run_config.template,
-                     cfg.quantization, params={**asdict(run_config), "task": task},
+        if method == "sft":
+            model, metrics, curve = sft.train(model, tokenizer, examples, cfg, template=template, **run)
+        else:
+            model, metrics, curve = cot_distill.train(model, tokenizer, examples, cfg, **run)
+        save_adapter(model, tokenizer, model_dir(method, task), BASE_MODEL, method, template, cfg.quantization,
+                     params={**asdict(cfg), **run, "template": template, "task": task},
                      extra={"task": task, "init_from": init_from}, with_draft=cfg.with_draft)
         sft.write_curve(curve, f"plots/train/{method}/{task}.csv")
         write_json(f"metrics/train/{method}/{task}.json", metrics)

@@ -4,11 +4,9 @@ on data/candidates/<task>, then evaluate it on the whole test split. Writes the 
 loss per step (plots/train/<variant>/<task>.csv), the curves on train and test items every `eval_every` steps
 (..._curves.csv: accuracy, the argument's own correctness rate, how often the verdict follows the argument), and the
 test predictions (eval/<variant>/<task>) that compare pairs."""
-import dataclasses
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from cotlab import tracking
-from cotlab.config import TransplantConfig
 from cotlab.schema import read_jsonl, write_json, write_jsonl
 from cotlab.methods import transplant
 from cotlab.methods.sft import write_curve
@@ -20,11 +18,6 @@ VARIANTS = {"transplant": {"masked": False, "transplant": True},
             "no_transplant": {"masked": False, "transplant": False}}
 
 
-def run_config(params, variant: str) -> TransplantConfig:
-    own = {f.name: getattr(params.transplant, f.name) for f in dataclasses.fields(TransplantConfig)}
-    return TransplantConfig(**{**own, **VARIANTS[variant]})
-
-
 def progress(row: dict) -> None:
     print(f"step {row['step']}: " + ", ".join(
         f"{split} accuracy {row[f'{split}_accuracy']:.3f} (argument right {row[f'{split}_argument_correct_rate']:.3f}, "
@@ -33,14 +26,14 @@ def progress(row: dict) -> None:
 
 @stage_main("transplant")
 def main(params, task, variant="transplant"):
-    config = run_config(params, variant)
+    config = replace(params.section("transplant", transplant.TransplantConfig), **VARIANTS[variant])
     batch_size = params.evaluate.batch_size or params.sizes.eval_batch_size
     with tracking.stage_run(f"{variant}@{task}", mlflow_params(params), method=variant, task=task):
         model, tokenizer, _ = load_for_training(BASE_MODEL, resolve_device(params.model.device), "none",
-                                                asdict(params.transplant.lora), None)
+                                                asdict(config.lora), None)
         items = {split: [transplant.build_item(tokenizer, row, config.masked)
                          for row in read_jsonl(f"{candidates_dir(task)}/{split}.jsonl")] for split in ("train", "test")}
-        curve_items = transplant.curve_sample(items, params.transplant.n_curve, params.seed)
+        curve_items = transplant.curve_sample(items, config.n_curve, params.seed)
         metrics, curve, curves = transplant.train(model, tokenizer, items["train"], curve_items, config, params.seed,
                                                   batch_size, on_point=progress)
         predictions = transplant.predict(model, tokenizer, items["test"], config, batch_size)

@@ -127,8 +127,8 @@ def test_training_changes_lora_and_projection(model_and_tokenizer):
     model, tokenizer, ids = model_and_tokenizer
     codi = C.CODI(model, C.CODIConfig(num_latent=2))
     before = {n: p.detach().clone() for n, p in codi.named_parameters() if p.requires_grad}
-    metrics, curve = C.train(codi, tokenizer, math_examples(4), C.CODIRunConfig(
-        codi=codi.codi_config, epochs=1, batch_size=2, lr=1e-3, warmup_ratio=0.0), ids)
+    metrics, curve = C.train(codi, tokenizer, math_examples(4), C.CODIConfig(
+        num_latent=2, epochs=1, batch_size=2, lr=1e-3, warmup_ratio=0.0), ids, seed=0)
     assert metrics["train_steps"] == 2 and math.isfinite(metrics["train_loss"])
     assert all(set(C.LOGGED) <= set(row) for row in curve)
     after = dict(codi.named_parameters())

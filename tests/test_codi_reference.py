@@ -159,5 +159,5 @@ def test_an_empty_cot_trains_with_the_teacher_reading_question_then_answer(tiny_
     encoded = C.encode(tokenizer, empty)
     assert encoded.cot == [] and encoded.teacher == encoded.question + encoded.answer
     codi = C.CODI(model, C.CODIConfig(num_latent=1))
-    metrics, _ = C.train(codi, tokenizer, [empty, *examples(1)], C.CODIRunConfig(epochs=1, batch_size=2), ids)
+    metrics, _ = C.train(codi, tokenizer, [empty, *examples(1)], C.CODIConfig(epochs=1, batch_size=2), ids, seed=0)
     assert metrics["n_examples"] == 2

@@ -2,6 +2,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from cotlab.config import ConfigError, load_params, load_yaml, parse_params
+from cotlab.methods.sft import TrainConfig
+from cotlab.sections import CONFIG_CLASSES, all_sections
 
 
 def params_dict():
@@ -12,6 +14,23 @@ def test_repository_params_are_valid():
     params = load_params("params.yaml")
     assert params.scale in ("tiny", "demo", "full")
     assert set(params.tasks) <= set(params.task_specs)
+    sections = all_sections(params)
+    assert set(sections) == set(CONFIG_CLASSES) and sections["codi"].tasks == params.sections["codi"]["tasks"]
+
+
+def test_the_params_check_names_a_bad_key_in_any_section(tmp_path):
+    """`python -m cotlab.sections` (run by `make repro` before DVC) fails at once on a key only a late stage reads."""
+    import subprocess
+    import sys
+
+    good = subprocess.run([sys.executable, "-m", "cotlab.sections", "params.yaml"], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    text = open("params.yaml").read().replace("probe_top_k: 5", "probe_top_kk: 5", 1)
+    assert "probe_top_kk" in text
+    (tmp_path / "params.yaml").write_text(text)
+    bad = subprocess.run([sys.executable, "-m", "cotlab.sections", str(tmp_path / "params.yaml")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "codi.probe_top_kk: unknown param" in bad.stderr
 
 
 def test_dvc_exp_float_spelling_is_a_float(tmp_path):
@@ -20,15 +39,16 @@ def test_dvc_exp_float_spelling_is_a_float(tmp_path):
     (tmp_path / "params.yaml").write_text(text)
     params = load_params(tmp_path / "params.yaml")
     assert params.lr == 5e-05
-    assert params.learning_rate("sft") == 5e-05  # sections with lr: null fall back to the top level
+    assert params.resolve(params.section("sft", TrainConfig)).lr == 5e-05  # lr: null falls back to the top level
 
 
 def test_section_lr_overrides_top_level():
     data = params_dict()
     data["cot_distill"]["lr"] = 1e-3
     params = parse_params(data)
-    assert params.learning_rate("cot_distill") == 1e-3
-    assert params.learning_rate("sft") == params.lr
+    assert params.resolve(params.section("cot_distill", TrainConfig)).lr == 1e-3
+    assert params.resolve(params.section("sft", TrainConfig)).lr == params.lr
+    assert params.resolve(params.section("sft", TrainConfig)).epochs == params.sizes.epochs
 
 
 @pytest.mark.parametrize(
@@ -54,13 +74,21 @@ def test_section_lr_overrides_top_level():
         (lambda d: d["judge"].update(api_key_env="sk-abc123"), "judge.api_key_env"),
         (lambda d: d["markovian"].update(markovian=False), "markovian.markovian"),  # a stage argument
         (lambda d: d["transplant"].update(masked=True), "transplant.masked"),
+        (lambda d: d["codi"].update(num_latent=0), "codi.num_latent"),
+        (lambda d: d["codi"].update(tasks=["nope"]), "codi.tasks"),
+        (lambda d: d["markovian"].update(temperature=0.0), "markovian.temperature"),
+        (lambda d: d["transplant"].update(layers=[]), "transplant.layers"),
+        (lambda d: d["filter"].update(min_reasoning_words=500), "filter.min_reasoning_words"),
+        (lambda d: d["compare"].update(pairs=["codi vs cot_sft"]), "compare.pairs[0]"),
+        (lambda d: d.update(codi=[1, 2]), "codi"),
+        (lambda d: d.update(sectoins={}), "sectoins"),
     ],
 )
 def test_bad_params_name_the_key(mutate, key):
     data = params_dict()
     mutate(data)
     with pytest.raises(ConfigError) as err:
-        parse_params(data)
+        all_sections(parse_params(data))
     assert str(err.value).startswith(key)
 
 
@@ -102,21 +130,25 @@ def _disagreements(defaults: dict, section, prefix: str) -> list[str]:
 
 
 def test_no_default_disagrees_with_params_yaml():
-    """params.yaml is the one place values live: every default of a params section, and of each method's own run
-    config where it mirrors one, equals the value params.yaml gives, so code that builds a config without
-    params.yaml (a test, a benchmark, a notebook) gets the pipeline's recipe, not another one. Sections that share
-    one class (sft, cot_distill, cot_sft: TrainConfig) are held to the first of them, sft."""
+    """params.yaml is the one place values live: every default of a section's config class (beside its method) and
+    of the shared sections equals the value params.yaml gives, so code that builds a config without params.yaml (a
+    test, a benchmark, a notebook) gets the pipeline's recipe, not another one; and params.yaml sets every key, so no
+    default shapes a pipeline output. Sections that share one class (sft, cot_distill, cot_sft: TrainConfig) are
+    held to the first of them, sft."""
+    import dataclasses
+
     from cotlab.config import Params
-    from cotlab.methods.codi import CODIConfig, CODIRunConfig
-    from cotlab.methods.dpo import DPORunConfig
-    from cotlab.methods.sft import SFTRunConfig
 
     params = load_params("params.yaml")
     found = []
-    for name, default in _defaults(Params).items():
+    for f in dataclasses.fields(Params):
+        if f.default_factory is not dataclasses.MISSING and f.name != "sections":
+            found += _disagreements(vars(f.default_factory()), getattr(params, f.name), f.name)
+    for name, cls in CONFIG_CLASSES.items():
+        section = params.section(name, cls)
         if name not in ("cot_distill", "cot_sft"):
-            found += _disagreements(vars(default), getattr(params, name), name)
-    for cls, section, prefix in ((CODIConfig, params.codi, "codi"), (CODIRunConfig, params.codi, "codi"),
-                                 (DPORunConfig, params.dpo, "dpo"), (SFTRunConfig, params.sft, "sft")):
-        found += [f"{cls.__name__}: {d}" for d in _disagreements(_defaults(cls), section, prefix)]
+            found += _disagreements(_defaults(cls), section, name)
+        missing = sorted({f.name for f in dataclasses.fields(cls)} - set(params.sections[name]) - {"markovian",
+                                                                                                   "masked", "transplant"})
+        found += [f"{name}.{key}: not set in params.yaml" for key in missing]
     assert not found, "defaults that disagree with params.yaml:\n  " + "\n  ".join(found)

@@ -22,7 +22,7 @@ LAYERS = [
     {"cotlab.prompts", "cotlab.formats", "cotlab.models", "cotlab.tracking"},
     {"cotlab.data", "cotlab.evaluation", "cotlab.teacher"},
     {"cotlab.methods", "cotlab.selfimprove"},
-    {"cotlab.stage"},
+    {"cotlab.stage", "cotlab.sections"},
 ]
 
 
@@ -119,6 +119,13 @@ def test_no_stage_depends_on_code_it_does_not_run():
             extra[name] = stale
     assert not extra, "stage deps name code the stage never imports:\n" + "\n".join(
         f"  {name}: {', '.join(files)}" for name, files in extra.items())
+
+
+def test_no_stage_imports_the_check_of_every_section():
+    """cotlab.sections imports every method and job: a stage importing it would depend on all of them."""
+    importers = {name for name, script, _ in pipeline_stages(ROOT)
+                 if ROOT / "src/cotlab/sections.py" in import_closure(ROOT / script)}
+    assert not importers, f"stages that import cotlab.sections: {sorted(importers)}"
 
 
 def test_a_planted_missing_dep_is_named(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import LORA
-from cotlab.config import DEFAULT_DPO_SCHEDULE as DEFAULT_SCHEDULE
+from cotlab.methods.dpo import DEFAULT_DPO_SCHEDULE as DEFAULT_SCHEDULE
 from cotlab.methods.dpo import DPOPhase, aggregate, pair_losses, phase_at, scheduled_trainer
 
 R_W = [0.3, -1.2, 2.0, 0.1]  # chosen log-ratios  log pi(y_w|x) - log pi_ref(y_w|x)
@@ -103,7 +103,7 @@ def test_dpo_train_on_pairs_from_filtered_examples(tiny_base, examples):
     from dataclasses import replace
 
     from cotlab.data.pairs import build_pairs
-    from cotlab.methods.dpo import DPORunConfig, train
+    from cotlab.methods.dpo import DPOConfig, train
     from cotlab.models import load_for_training
 
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
@@ -114,9 +114,9 @@ def test_dpo_train_on_pairs_from_filtered_examples(tiny_base, examples):
     wrong_drafts = [p for p in pairs if p["made"] == "draft_wrong"]
     assert wrong_drafts and all(p["rejected"].startswith("Answer: ") for p in wrong_drafts)
     assert all("Student draft: " in p["prompt"] and p["chosen"] != p["rejected"] for p in pairs)
-    config = DPORunConfig(schedule=[DPOPhase(1, 0.1, "none", "none"), DPOPhase(1, 0.1, "cal_dpo", "dr_dpo")],
-                          lr=5e-3, batch_size=6)
-    model, metrics, curve = train(model, tokenizer, pairs, config)
+    config = DPOConfig(schedule=[DPOPhase(1, 0.1, "none", "none"), DPOPhase(1, 0.1, "cal_dpo", "dr_dpo")],
+                       lr=5e-3, batch_size=6)
+    model, metrics, curve = train(model, tokenizer, pairs, config, max_length=512, seed=0)
     assert metrics["train_steps"] == 4 and math.isfinite(metrics["train_loss"])
     assert [row["beta"] for row in curve] == [0.1] * 4 and [row["step"] for row in curve] == [1, 2, 3, 4]
 
@@ -162,7 +162,7 @@ def test_the_reference_is_the_starting_adapter_or_the_base(tiny_base, examples, 
     from dataclasses import replace
 
     from cotlab.data.pairs import build_pairs
-    from cotlab.methods.dpo import DPORunConfig, train
+    from cotlab.methods.dpo import DPOConfig, train
     from cotlab.models import load_for_training
 
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
@@ -172,8 +172,8 @@ def test_the_reference_is_the_starting_adapter_or_the_base(tiny_base, examples, 
                 p.add_(0.05 * torch.randn_like(p))
     filtered = [replace(ex, metadata={**ex.metadata, "draft": "Answer: Yes - sure."}) for ex in examples["train"][:8]]
     pairs, _ = build_pairs(filtered, tokenizer, seed=0)
-    config = DPORunConfig(schedule=[DPOPhase(1, 0.1)], lr=1e-3, batch_size=8, reference=reference)
-    model, metrics, curve = train(model, tokenizer, pairs, config)
+    config = DPOConfig(schedule=[DPOPhase(1, 0.1)], lr=1e-3, batch_size=8, reference=reference)
+    model, metrics, curve = train(model, tokenizer, pairs, config, max_length=512, seed=0)
     first_margin = curve[0]["reward_margin"]
     if reference == "start":
         assert first_margin == pytest.approx(0.0, abs=1e-6) and curve[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)

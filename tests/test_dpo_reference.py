@@ -198,14 +198,14 @@ def test_the_precompute_cache_tells_the_references_apart(tiny_base, examples, tm
 def test_train_with_precomputed_reference_takes_the_same_first_step(tiny_base, examples, reference):
     """End to end through train(): the first step's loss and reward margin (before any update) are the same whether
     the reference log-probs are precomputed or computed per step."""
-    from cotlab.methods.dpo import DPORunConfig, train
+    from cotlab.methods.dpo import DPOConfig, train
 
     first = {}
     for precompute in (False, True):
         model, tokenizer, rows = _pairs_and_model(tiny_base, examples)
-        config = DPORunConfig(schedule=[DPOPhase(1, 0.1)], lr=1e-3, batch_size=6, reference=reference,
-                              precompute_ref=precompute)
-        _, _, curve = train(model, tokenizer, rows, config)
+        config = DPOConfig(schedule=[DPOPhase(1, 0.1)], lr=1e-3, batch_size=6, reference=reference,
+                           precompute_ref=precompute)
+        _, _, curve = train(model, tokenizer, rows, config, max_length=512, seed=0)
         first[precompute] = curve[0]
     assert first[True]["reward_margin"] == pytest.approx(first[False]["reward_margin"], abs=1e-4)
     assert first[True]["loss"] == pytest.approx(first[False]["loss"], abs=1e-5)

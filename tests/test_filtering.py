@@ -1,6 +1,6 @@
 import pytest
 
-from cotlab.config import FilterConfig
+from cotlab.data.filtering import FilterConfig
 from cotlab.data.filtering import DROP_REASONS, class_report, filter_examples, rebalance
 from cotlab.schema import DataError, Example
 from cotlab.formats import render_teacher

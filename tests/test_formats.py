@@ -448,7 +448,7 @@ def test_last_final_answer_wins_and_questions_stop_at_the_answer_line():
 
 
 def test_make_candidates_keeps_usable_rows_and_names_an_empty_result(gsm8k, strategyqa):
-    from cotlab.config import TeacherConfig
+    from cotlab.teacher import TeacherConfig
     from cotlab.data.candidates import make_candidates, oracle_candidates
     from cotlab.schema import DataError
     from cotlab.teacher import Teacher

@@ -8,7 +8,8 @@ from conftest import LORA
 from cotlab.methods import cot_distill, sft
 from cotlab.models import load_for_training, save_adapter, read_manifest
 
-FAST = dict(epochs=1, batch_size=4, logging_steps=1, report_to=[], max_length=512, lr=5e-3)
+FAST = sft.TrainConfig(epochs=1, batch_size=4, logging_steps=1, lr=5e-3)
+RUN = dict(max_length=512, seed=0, report_to=[])  # what the stage passes beside the section
 
 
 def lora_weights(model):
@@ -19,8 +20,10 @@ def lora_weights(model):
 def test_training_changes_lora_weights_with_finite_loss(method, tiny_base, examples):
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
     before = lora_weights(model)
-    train = {"sft": sft.train, "cot_distill": cot_distill.train}[method]
-    model, metrics, curve = train(model, tokenizer, examples["train"], sft.SFTRunConfig(**FAST))
+    if method == "sft":
+        model, metrics, curve = sft.train(model, tokenizer, examples["train"], FAST, template="direct", **RUN)
+    else:
+        model, metrics, curve = cot_distill.train(model, tokenizer, examples["train"], FAST, **RUN)
     after = lora_weights(model)
     assert math.isfinite(metrics["train_loss"]) and metrics["train_steps"] == 6
     assert curve and all(math.isfinite(r["loss"]) for r in curve)
@@ -55,13 +58,13 @@ def test_padding_free_batch_has_the_padded_loss(tiny_base, tokenizer, examples):
 
 def test_cot_distill_continues_the_sft_adapter(tiny_base, examples, tmp_path):
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
-    model, _, _ = sft.train(model, tokenizer, examples["train"], sft.SFTRunConfig(**FAST))
+    model, _, _ = sft.train(model, tokenizer, examples["train"], FAST, template="direct", **RUN)
     save_adapter(model, tokenizer, tmp_path / "sft", tiny_base, "sft", "direct", "none", params={})
     phase_a = lora_weights(model)
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, str(tmp_path / "sft"))
     loaded = lora_weights(model)
     assert all(torch.equal(phase_a[n], loaded[n]) for n in phase_a)  # Phase B starts where Phase A ended
-    model, metrics, _ = cot_distill.train(model, tokenizer, examples["train"], sft.SFTRunConfig(**FAST))
+    model, metrics, _ = cot_distill.train(model, tokenizer, examples["train"], FAST, **RUN)
     manifest = save_adapter(model, tokenizer, tmp_path / "cot", tiny_base, "cot_distill", "cot", "none", params={},
                             extra={"init_from": str(tmp_path / "sft")})
     assert manifest["init_from"] == str(tmp_path / "sft")
@@ -76,7 +79,7 @@ def test_nan_loss_stops_training_with_a_clear_error(tiny_base, examples):
             if "lora_A" in name:
                 p.fill_(float("nan"))
     with pytest.raises(sft.TrainingDivergedError, match="loss became nan at step 1"):
-        sft.train(model, tokenizer, examples["train"], sft.SFTRunConfig(**FAST))
+        sft.train(model, tokenizer, examples["train"], FAST, template="direct", **RUN)
 
 
 def test_examples_longer_than_max_length_are_dropped_and_counted(tokenizer, examples):
@@ -100,7 +103,7 @@ def test_rebalance_weights_are_consumed_by_training(tiny_base, examples):
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
     weighted = [replace(ex, weight=3.0 if i % 4 == 0 else 1.0) for i, ex in enumerate(examples["train"])]
     before = lora_weights(model)
-    model, metrics, _ = sft.train(model, tokenizer, weighted, sft.SFTRunConfig(**FAST))
+    model, metrics, _ = sft.train(model, tokenizer, weighted, FAST, template="direct", **RUN)
     assert math.isfinite(metrics["train_loss"]) and metrics["train_steps"] == 6
     assert all(not torch.equal(before[n], p) for n, p in lora_weights(model).items())
 

@@ -19,7 +19,8 @@ def trained(tiny_base, tmp_path_factory):
 
     train = load_task("strategyqa", {"source": "strategyqa"}, 24, 8, seed=0)["train"]
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
-    sft.train(model, tokenizer, train, sft.SFTRunConfig(epochs=2, batch_size=4, lr=2e-2, report_to=[]))
+    sft.train(model, tokenizer, train, sft.TrainConfig(epochs=2, batch_size=4, lr=2e-2), template="direct",
+              max_length=512, seed=0, report_to=[])
     out = tmp_path_factory.mktemp("ckpt") / "sft"
     save_adapter(model, tokenizer, out, tiny_base, "sft", "direct", "none", params={"lr": 2e-2})
     return out

@@ -7,7 +7,7 @@ import pytest
 import reasoning_gym
 from scipy import stats
 
-from cotlab.config import TeacherConfig
+from cotlab.teacher import TeacherConfig
 from cotlab.data.syllogism import counterexample, reasoning
 from cotlab.evaluation.compare import compare, markdown
 from cotlab.evaluation.stats import mean_with_ci

@@ -21,11 +21,16 @@ def params_with(tmp_path, old="", new=""):
 
 
 def test_unknown_param_names_the_key(tmp_path):
+    """A stage parses its own sections first: a typo in sft stops sft@ before it loads anything, and the check of
+    every section (`make repro` runs it before DVC) names it too, before any stage."""
     params_with(tmp_path, "  batch_size: 8\n", "  batch_sise: 8\n")
-    result = run_stage(tmp_path, "prepare_model.py")
+    result = run_stage(tmp_path, "train.py", "sft", "strategyqa")
     assert result.returncode == 2
     assert "sft.batch_sise: unknown param" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "models").exists()
+    check = subprocess.run([sys.executable, "-m", "cotlab.sections", str(tmp_path / "params.yaml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 2 and "sft.batch_sise: unknown param" in check.stderr
 
 
 def test_malformed_jsonl_row_names_the_file_and_row(tmp_path):

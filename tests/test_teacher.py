@@ -12,7 +12,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from conftest import ROOT, copy_project
-from cotlab.config import ConfigError, TeacherConfig, load_yaml, parse_params
+from cotlab.config import ConfigError, load_yaml, parse_params
+from cotlab.teacher import TeacherConfig
 from cotlab.schema import read_jsonl, write_jsonl
 from cotlab.data.sources import load_task
 from cotlab.teacher import Request, ResponseCache, Teacher, cache_key
@@ -117,7 +118,7 @@ def test_a_key_pasted_into_params_is_refused_without_echoing_it():
     data = load_yaml(ROOT / "params.yaml")
     data["teacher"]["api_key_env"] = "sk-proj-abc123-secret"
     with pytest.raises(ConfigError) as error:
-        parse_params(data)
+        parse_params(data).section("teacher", TeacherConfig)
     assert "teacher.api_key_env" in str(error.value) and "sk-proj" not in str(error.value)
 
 

@@ -23,10 +23,11 @@ def test_stage_run_tags_params_and_trainer_step_metrics(tmp_path, monkeypatch, t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     monkeypatch.setenv("DVC_EXP_NAME", "exp-test")
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
-    params = flatten(load_params(__import__("pathlib").Path(__file__).parents[1] / "params.yaml"))
+    params = flatten(load_params(__import__("pathlib").Path(__file__).parents[1] / "params.yaml").as_dict())
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
     with tracking.stage_run("sft@strategyqa", params, method="sft", task="strategyqa") as run:
-        sft.train(model, tokenizer, examples["train"], sft.SFTRunConfig(epochs=1, batch_size=4, logging_steps=1))
+        sft.train(model, tokenizer, examples["train"], sft.TrainConfig(lr=2e-4, epochs=1, batch_size=4, logging_steps=1),
+                  template="direct", max_length=512, seed=0)
         tracking.log_metrics({"accuracy": 0.5, "ignored": "text"})
     assert (tmp_path / "mlflow.db").is_file()
     client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

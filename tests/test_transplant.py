@@ -7,7 +7,9 @@ import re
 import pytest
 import torch
 
-from cotlab.config import ConfigError, TeacherConfig, TransplantConfig
+from cotlab.config import ConfigError
+from cotlab.methods.transplant import TransplantConfig
+from cotlab.teacher import TeacherConfig
 from cotlab.data.candidates import make_candidates, oracle_candidates
 from cotlab.data.sources import load_task
 from cotlab.formats import _ARGUED

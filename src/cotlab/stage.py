@@ -63,7 +63,7 @@ def max_new_tokens(params: Params, template: str) -> int:
 
 
 def mlflow_params(params: Params) -> dict:
-    return flatten(params)
+    return flatten(params.as_dict())
 
 
 def seed_everything(seed: int) -> None:

@@ -23,18 +23,43 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
-from cotlab.config import ConfigError, TeacherConfig
+from cotlab.config import ConfigError
 from cotlab.answers import is_correct
 from cotlab.errors import OracleUnavailable
 from cotlab.formats import Draft, parse_draft, reasoning_steps, render_teacher
 from cotlab.schema import Example, write_json
 from cotlab.prompts import ANSWER_HINT, display_answer, question_block
+
+@dataclass
+class TeacherConfig:
+    """The `teacher` section: who writes the reasoning (teacher@) and the candidates (candidates@)."""
+
+    backend: Literal["oracle", "local", "openai"] = "oracle"
+    model: str = "gpt-4o-mini"  # openai: the served model's name; local: a checkpoint folder, HF id or path
+    base_url: str | None = None  # None = the client's default (api.openai.com)
+    api_key_env: str | None = "OPENAI_API_KEY"  # the NAME of the variable holding the key; null for keyless servers
+    concurrency: int = 16
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    temperature: float = 0.0
+    max_tokens: int = 512
+    local_batch_size: int = 16
+    dry_run: bool = False
+
+    def __post_init__(self):
+        env_name = self.api_key_env
+        if env_name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
+            # Never echo the value: it may be the key itself, pasted where its variable's name belongs.
+            raise ConfigError("api_key_env: must be the NAME of an environment variable (letters, digits, _), not a "
+                              "key; export the key in that variable instead")
+
 
 # USD per 1M tokens (input, output), from the providers' price lists; models not listed get no estimate.
 PRICES_PER_MTOK = {

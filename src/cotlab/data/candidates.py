@@ -14,7 +14,7 @@ import random
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 from collections import Counter
 
@@ -23,6 +23,12 @@ from cotlab.data.sources import normalize_number
 from cotlab.answers import is_correct
 from cotlab.formats import Candidates, parse_candidates, render_candidates
 from cotlab.prompts import question_block
+
+@dataclass
+class CandidatesConfig:  # candidates@<task> runs on transplant.tasks
+    argument_correct_rate: float = 0.7  # share of arguments that pick the correct candidate
+    corrupt_step: Literal["random", "first", "middle", "last"] = "random"  # which arithmetic step the oracle breaks
+
 
 _CALC = re.compile(r"<<([^<>=]+)=([^<>]+)>>")
 _NUMBER = re.compile(r"(?<![\d.])\d+(?:,\d{3})*(?:\.\d+)?")

@@ -12,14 +12,29 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import replace
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Sequence
 
-from cotlab.config import FilterConfig
+from cotlab.config import ConfigError
 from cotlab.schema import DataError, Example
 from cotlab.data.sources import normalize_question
 from cotlab.answers import is_correct
 from cotlab.formats import parse_draft, parse_teacher
+
+@dataclass
+class FilterConfig:
+    """The `filter` section: teacher outputs -> training data (Phase A and B train on data/filtered)."""
+
+    require_agreement: bool = True  # drop rows whose teacher answer differs from the ground truth
+    dedupe: bool = True
+    min_reasoning_words: int = 3
+    max_reasoning_words: int = 400
+    rebalance: Literal["none", "upsample", "downsample", "weights"] = "upsample"
+
+    def __post_init__(self):
+        if self.min_reasoning_words > self.max_reasoning_words:
+            raise ConfigError("min_reasoning_words: larger than max_reasoning_words")
+
 
 CLASS_TYPES = ("yes_no", "choice")
 DROP_REASONS = ("teacher_failed", "unparseable", "disagrees", "too_short", "too_long", "duplicate")

@@ -24,6 +24,12 @@ from cotlab.schema import Example
 from cotlab.prompts import display_answer, render_prompt
 from cotlab.evaluation.stats import mean_with_ci
 
+@dataclass
+class AttributionConfig:
+    n_steps: int = 16  # integral approximation steps of integrated gradients
+    criterion: float = 0.2  # the write-up's bar: share of attribution on draft tokens after DPO
+
+
 SHARES = ("draft_share", "draft_share_per_token")
 
 

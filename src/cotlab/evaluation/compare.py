@@ -7,10 +7,43 @@ McNemar's exact test on the discordant pairs.
 from __future__ import annotations
 
 import csv
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cotlab.config import ConfigError
 from cotlab.schema import DataError, read_jsonl
 from cotlab.evaluation.stats import mcnemar_exact, paired_bootstrap_diff, summarize
+
+@dataclass
+class CompareConfig:
+    reference: str = "base_zeroshot"
+    # ablation -> the model it is paired against (same test questions)
+    ablations: dict[str, str] = field(default_factory=lambda: {
+        "dpo_no_draft": "dpo", "dpo_shuffled_draft": "dpo", "dpo_no_cot": "dpo"})
+    # "model@task vs model@task": paired on the same question ids, across tasks too (e.g. the same questions with
+    # and without the universe in the prompt)
+    pairs: list[str] = field(default_factory=lambda: [
+        "codi@personal_relations vs codi@personal_relations_no_universe",
+        "codi@personal_relations vs cot_sft@personal_relations",
+        "codi@personal_relations_no_universe vs cot_sft@personal_relations_no_universe",
+        "codi@personal_relations vs base_fewshot_cot@personal_relations",
+        "codi@gsm8k vs cot_sft@gsm8k",
+        "codi@gsm8k vs base_fewshot_cot@gsm8k",
+        "markovian@arithmetic vs markovian_base@arithmetic",
+        "non_markovian@arithmetic vs non_markovian_base@arithmetic",
+        "markovian@arithmetic vs non_markovian@arithmetic",
+        "transplant@svamp vs no_transplant@svamp",
+        "transplant@svamp vs transplant_masked@svamp",
+        "transplant_masked@svamp vs no_transplant@svamp"])
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+
+    def __post_init__(self):
+        for i, pair in enumerate(self.pairs):
+            if not re.fullmatch(r"[\w.-]+@[\w.-]+ vs [\w.-]+@[\w.-]+", pair):
+                raise ConfigError(f"pairs[{i}]: {pair!r} is not 'model@task vs model@task'")
+
 
 CODI_MODELS = ("codi", "cot_sft", "base_fewshot_cot")  # eval_codi@<task>'s outs
 MARKOVIAN_MODELS = ("markovian", "markovian_base", "non_markovian", "non_markovian_base")  # eval_markovian@<task>

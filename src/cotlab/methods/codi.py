@@ -23,19 +23,20 @@ left-padded batch gives the same result as one question at a time. The teacher's
 masks, so the targets are noisy too, but their noise is independent of the CE pass's. Without any dropout the two
 passes would be identical, so the CE pass's states, detached, are the targets and the second pass is skipped.
 The reference's LoRA dropout is 0.1 (train.py L135; ModelArguments.lora_dropout, src/model.py L30, is unused),
-so it always takes that second pass; codi.lora.dropout defaults to 0.0 here (config.py CODIParams, params.yaml): no
+so it always takes that second pass; codi.lora.dropout defaults to 0.0 here (CODIConfig below, params.yaml): no
 LoRA regularisation and one teacher pass fewer, a departure from the reference recipe.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cotlab.config import ConfigError, LoraParams, build
 from cotlab.schema import Example
 from cotlab.prompts import display_answer, question_block
 
@@ -45,16 +46,40 @@ ANSWER_PREFIX = "The answer is: "
 
 @dataclass
 class CODIConfig:
-    num_latent: int = 6
-    inf_latent_iterations: int = 6
-    use_prj: bool = True
-    prj_dim: int | None = None  # None = the model width (the reference uses 2048 for a 1B model)
+    """The `codi` section: CODI and its comparisons, on tasks of their own. Defaults are the reference recipe's
+    (docs/codi_reference_notes.md) except where the embedded scale needs otherwise."""
+
+    tasks: list[str] = field(default_factory=lambda: ["personal_relations", "personal_relations_no_universe", "gsm8k"])
+    num_latent: int = 6  # continuous thoughts in training (the paper's 6)
+    inf_latent_iterations: int = 6  # continuous thoughts at inference
+    use_prj: bool = True  # the projection prj between a thought's hidden state and the next input embedding
+    prj_dim: int | None = None  # None = the model width (the reference: 2048 for a 1B model, the width for GPT-2)
     prj_dropout: float = 0.0
-    prj_no_ln: bool = False
-    distill_loss_factor: float = 20.0
-    ref_loss_factor: float = 1.0
-    distill_loss_type: str = "smooth_l1"  # smooth_l1 | mse
-    distill_loss_div_std: bool = True
+    prj_no_ln: bool = False  # true: no LayerNorm at the end of prj
+    distill_loss_factor: float = 20.0  # the distillation term's weight in L
+    ref_loss_factor: float = 1.0  # the weight of the teacher's CE
+    distill_loss_type: Literal["smooth_l1", "mse"] = "smooth_l1"
+    distill_loss_div_std: bool = True  # divide D by the teacher's std (MSE: by its variance, as the reference)
+    lr: float = 8.0e-4
+    epochs: float | None = None  # None = the scale's epochs
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.1
+    max_grad_norm: float = 2.0
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    logging_steps: int = 2
+    bf16: bool = True  # only where supported (CUDA); fp32 on CPU
+    # The reference's LoRA dropout is 0.1 (zhenyi4/codi train.py L135); 0.0 here skips CODI's second teacher pass.
+    lora: LoraParams = field(default_factory=lambda: LoraParams(r=128, alpha=32, dropout=0.0))
+    max_new_tokens: int = 16  # after <eot>: "The answer is: X"
+    probe_questions: int = 8  # codi_probe: test questions whose thoughts are decoded
+    probe_top_k: int = 5
+
+    def __post_init__(self):
+        for key in ("num_latent", "inf_latent_iterations"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key}: {getattr(self, key)!r} is out of range (expected >= 1)")
 
 
 # ---------------------------------------------------------------- tokens and sequences
@@ -317,23 +342,6 @@ def probe(codi: "CODI", tokenizer, example: Example, token_ids: dict[str, int], 
 
 # ---------------------------------------------------------------- training
 
-@dataclass
-class CODIRunConfig:
-    codi: CODIConfig = field(default_factory=CODIConfig)
-    lr: float = 8e-4
-    epochs: float = 10.0
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.1
-    max_grad_norm: float = 2.0
-    lr_scheduler: str = "cosine"
-    logging_steps: int = 2
-    bf16: bool = True  # only where supported (CUDA); fp32 on CPU
-    seed: int = 0
-    report_to: list[str] = field(default_factory=list)
-
-
 LOGGED = ("ce_student", "ce_teacher", "distill", "latent_norm")
 
 
@@ -362,8 +370,12 @@ def trainer_class():
     return CODITrainer
 
 
-def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIRunConfig, token_ids: dict[str, int]):
-    """Fine-tune LoRA and the projection in place; returns (metrics, curve rows with every loss part)."""
+def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIConfig, token_ids: dict[str, int], *,
+          seed: int, report_to: Sequence[str] = ()):
+    """Fine-tune LoRA and the projection in place on the section `config` (epochs resolved); returns (metrics, curve
+    rows with every loss part)."""
+    if config.epochs is None:
+        raise ValueError("codi.train: epochs must be resolved (Params.resolve) before training")
     import math
     import tempfile
 
@@ -385,7 +397,7 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIRunCon
             per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
             warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
             lr_scheduler_type=config.lr_scheduler, logging_steps=config.logging_steps, logging_first_step=True,
-            save_strategy="no", report_to=config.report_to, seed=config.seed, data_seed=config.seed,
+            save_strategy="no", report_to=list(report_to), seed=seed, data_seed=seed,
             remove_unused_columns=False, disable_tqdm=progress_disabled(), bf16=config.bf16 and _on_cuda(codi.lm),
             use_cpu=not _on_cuda(codi.lm), dataloader_num_workers=0,
         )
@@ -453,7 +465,7 @@ def load(path, device: str = "auto") -> tuple[CODI, object, dict]:
         model.get_input_embeddings().weight[n_base:] = rows["input"]
         if "output" in rows:
             model.get_output_embeddings().weight[n_base:] = rows["output"]
-    codi = CODI(PeftModel.from_pretrained(model, str(path)).merge_and_unload(), CODIConfig(**manifest["codi"]))
+    codi = CODI(PeftModel.from_pretrained(model, str(path)).merge_and_unload(), build(CODIConfig, manifest["codi"], "codi"))
     codi.prj.load_state_dict(load_file(str(path / manifest["extra_modules"]["projection"])))
     codi.to(next(model.parameters()).device).eval().requires_grad_(False)
     return codi, tokenizer, manifest

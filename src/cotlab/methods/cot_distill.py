@@ -12,7 +12,6 @@ continues the Phase A adapter (the recipe), `base` starts fresh.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Sequence
 
 from cotlab.schema import DataError, Example
@@ -21,10 +20,11 @@ from cotlab.methods import sft
 TEMPLATE = "cot"
 
 
-def train(model, tokenizer, examples: Sequence[Example], config: sft.SFTRunConfig) -> tuple[Any, dict, list[dict]]:
+def train(model, tokenizer, examples: Sequence[Example], config: sft.TrainConfig, **run) -> tuple[Any, dict, list[dict]]:
+    """sft.train on the examples that have reasoning, with the CoT template (`run`: sft.train's other keywords)."""
     with_reasoning = [ex for ex in examples if ex.reasoning.strip()]
     if not with_reasoning:
         raise DataError("cot_distill: no training example has reasoning to distil (the 'reasoning' field is empty)")
-    model, metrics, curve = sft.train(model, tokenizer, with_reasoning, replace(config, template=TEMPLATE))
+    model, metrics, curve = sft.train(model, tokenizer, with_reasoning, config, template=TEMPLATE, **run)
     metrics["n_without_reasoning"] = len(examples) - len(with_reasoning)
     return model, metrics, curve

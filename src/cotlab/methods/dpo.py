@@ -34,13 +34,69 @@ dr_dpo is junkangwu/Dr_DPO trainers.py L269-270 (commit b980ad0), written as a l
 from __future__ import annotations
 
 import math
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from cotlab.config import DEFAULT_DPO_SCHEDULE, DPOPhase
+from cotlab.config import ConfigError
+
+
+@dataclass
+class DPOPhase:
+    """What applies during `epochs` consecutive epochs of the DPO schedule."""
+
+    epochs: int = 1
+    beta: float = 0.1  # DPO's beta (Rafailov et al. 2023, eq. 7): the KL penalty's inverse temperature
+    calibration: Literal["none", "batch_mean", "cal_dpo"] = "none"  # see the module docstring
+    robust: Literal["none", "drop_top", "dr_dpo"] = "none"
+
+
+# The source recipe: epoch 1 plain DPO at beta 0.05; epochs 2-3 beta 0.1 calibrated; epoch 4 adds the robust filter.
+DEFAULT_DPO_SCHEDULE = (DPOPhase(1, 0.05), DPOPhase(2, 0.1, "batch_mean"), DPOPhase(1, 0.1, "batch_mean", "drop_top"))
+
+
+@dataclass
+class SelfGuidedRound:
+    start: str  # the model this round drafts with and continues: dpo, or an earlier round's name
+
+
+@dataclass
+class DPOConfig:
+    """The `dpo` section: Phase C (dpo@<task>), its schedule and variants, and the self-guided rounds that repeat it.
+    Not TRL's DPOConfig, which train() builds from this one."""
+
+    tasks: list[str] = field(default_factory=lambda: ["strategyqa", "syllogism"])  # Phase C and its validations run on these
+    schedule: list[DPOPhase] = field(default_factory=lambda: list(DEFAULT_DPO_SCHEDULE))
+    reference: Literal["start", "base"] = "start"  # start: the Phase B policy (frozen adapter copy); base: adapters off
+    drop_fraction: float = 0.15  # drop_top: share of the highest-loss pairs dropped per micro-batch
+    dr_beta: float = 1.0  # Dr-DPO's beta' (Wu et al. 2024): small = close to drop-the-worst, large = plain DPO
+    precompute_ref: bool = False  # one reference pass over the data up front instead of one per step
+    lr: float = 5.0e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    rounds: dict[str, SelfGuidedRound] = field(default_factory=dict)
+
+    @property
+    def epochs(self) -> int:
+        return sum(phase.epochs for phase in self.schedule)
+
+    def check(self, params) -> None:
+        for name in self.tasks:
+            if name not in params.tasks:
+                raise ConfigError(f"tasks: {name!r} is not in tasks {params.tasks} (Phase C trains on its filtered data)")
+        for name, round_ in self.rounds.items():
+            if name in ("dpo", *params.tasks) or not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ConfigError(f"rounds.{name}: a round needs a new lower-case name (letters, digits, _)")
+            earlier = ["dpo", *list(self.rounds)[: list(self.rounds).index(name)]]
+            if round_.start not in earlier:
+                raise ConfigError(f"rounds.{name}.start: {round_.start!r} is not dpo or an earlier round ({earlier})")
 
 
 def phase_at(schedule: list[DPOPhase], epoch: float) -> DPOPhase:
@@ -173,42 +229,13 @@ def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_
     return ScheduledDPOTrainer
 
 
-@dataclass
-class DPORunConfig:
-    schedule: list[DPOPhase]
-    lr: float = 5e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_ratio: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 512
-    logging_steps: int = 1
-    drop_fraction: float = 0.15
-    dr_beta: float = 1.0
-    precompute_ref: bool = False  # one reference pass over the data up front instead of one per step
-    reference: str = "start"  # start: the starting adapter, frozen | base: adapters disabled
-    seed: int = 0
-    report_to: list[str] | None = None
-
-    @classmethod
-    def from_params(cls, params, report_to: list[str] | None = None) -> "DPORunConfig":
-        c = params.dpo
-        return cls(schedule=c.schedule, lr=c.lr, batch_size=c.batch_size, grad_accum=c.grad_accum,
-                   warmup_ratio=c.warmup_ratio, max_grad_norm=c.max_grad_norm, max_length=params.sizes.max_length,
-                   logging_steps=c.logging_steps, drop_fraction=c.drop_fraction, dr_beta=c.dr_beta,
-                   precompute_ref=c.precompute_ref, reference=c.reference, seed=params.seed, report_to=report_to)
-
-    @property
-    def epochs(self) -> int:
-        return sum(phase.epochs for phase in self.schedule)
-
-
-def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
+def train(model, tokenizer, pairs: list[dict], config: DPOConfig, *, max_length: int, seed: int,
+          report_to: Sequence[str] = ()):
     """DPO on `pairs` (prompt/chosen/rejected text) for the schedule's epochs. Returns (model, metrics, curve)."""
     import tempfile
 
+    import trl
     from datasets import Dataset
-    from trl import DPOConfig
 
     from cotlab.methods.sft import LossCurve, TrainingDivergedError, _bf16, _on_cuda
     from cotlab.progress import progress_disabled
@@ -216,14 +243,14 @@ def train(model, tokenizer, pairs: list[dict], config: DPORunConfig):
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in pairs])
     guard = LossCurve()
     with tempfile.TemporaryDirectory(prefix="cotlab-dpo-") as scratch:
-        args = DPOConfig(
+        args = trl.DPOConfig(
             output_dir=scratch, num_train_epochs=config.epochs, learning_rate=config.lr,
             per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
-            warmup_steps=config.warmup_ratio, max_grad_norm=config.max_grad_norm, max_length=config.max_length,
+            warmup_steps=config.warmup_ratio, max_grad_norm=config.max_grad_norm, max_length=max_length,
             lr_scheduler_type="constant_with_warmup",  # the schedule's beta changes; the step size should not
             logging_steps=config.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
-            precompute_ref_log_probs=config.precompute_ref, save_strategy="no", report_to=config.report_to or [],
-            seed=config.seed, data_seed=config.seed, gradient_checkpointing=False, disable_tqdm=progress_disabled(),
+            precompute_ref_log_probs=config.precompute_ref, save_strategy="no", report_to=list(report_to),
+            seed=seed, data_seed=seed, gradient_checkpointing=False, disable_tqdm=progress_disabled(),
             use_cpu=not _on_cuda(model), dataloader_num_workers=0,
             bf16=_on_cuda(model) and _bf16(model),  # as SFT: TRL defaults to True, which autocasts on CPU too
         )
@@ -251,13 +278,16 @@ def train_checkpoint(params, task: str, base_dir: str, start_dir: str, pairs: li
     checkpoint to `out_dir`; returns (metrics, curve). Shared by dpo@<task> and the self-guided rounds."""
     from dataclasses import asdict
 
+    from cotlab.methods.sft import TrainConfig
     from cotlab.models import load_for_training, resolve_device, save_adapter
 
-    config = DPORunConfig.from_params(params, report_to=["mlflow"])
-    model, tokenizer, _ = load_for_training(base_dir, resolve_device(params.model.device), "none",
-                                            asdict(params.cot_distill.lora), start_dir)
-    model, metrics, curve = train(model, tokenizer, pairs, config)
+    config = params.section("dpo", DPOConfig)
+    run = {"max_length": params.sizes.max_length, "seed": params.seed}
+    lora = params.section("cot_distill", TrainConfig).lora  # the Phase B adapter DPO continues
+    model, tokenizer, _ = load_for_training(base_dir, resolve_device(params.model.device), "none", asdict(lora),
+                                            start_dir)
+    model, metrics, curve = train(model, tokenizer, pairs, config, **run, report_to=["mlflow"])
     save_adapter(model, tokenizer, out_dir, base_dir, "dpo", "cot", "none",
-                 params={**asdict(config), "task": task}, extra={"task": task, "init_from": start_dir},
+                 params={**asdict(config), **run, "task": task}, extra={"task": task, "init_from": start_dir},
                  with_draft=True)
     return metrics, curve

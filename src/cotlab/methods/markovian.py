@@ -32,19 +32,73 @@ import math
 import os
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from cotlab.config import CollapseLimits, MarkovianConfig  # noqa: F401 (CollapseLimits: re-exported)
+from cotlab.config import ConfigError, LoraParams
 from cotlab.schema import Example
 from cotlab.answers import extract_answer, is_correct
 from cotlab.methods.sft import TrainingDivergedError
 from cotlab.progress import progress
 from cotlab.prompts import display_answer, question_block
+
+
+@dataclass
+class CollapseLimits:
+    """The Markovian collapse guard: training stops (keeping the last good checkpoint) past any of these."""
+
+    max_ppo_ratio: float = 10.0  # largest per-token ratio pi / pi_sampling in an update
+    max_kl: float = 5.0  # mean KL(actor || frozen) per CoT token, nats
+    max_repetition: float = 0.75  # share of a step's CoTs dominated by one repeated token or n-gram
+
+
+@dataclass
+class MarkovianConfig:
+    """The `markovian` section: Markovian CoT training, markovian@<task> and non_markovian@<task>. Reference values
+    (Viteri et al.) in the comments where the 2-core demo needs smaller ones."""
+
+    tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
+    # false: the reward prompt shows the question (the ablation). Set by the stage (markovian@ or non_markovian@),
+    # never in params.yaml
+    markovian: bool = True
+    steps: int = 24
+    questions_per_step: int = 1  # the reference: one question per batch, its group is the batch
+    group_size: int = 6  # CoTs per question (reference: 12)
+    cot_length: int = 32  # tokens, exactly (reference: 150 for arithmetic, 100 for GSM8K, 50 for SVAMP/AQuA/ARC)
+    temperature: float = 1.0
+    answer_tokens: int = 10  # greedy tokens decoded after " Answer:" at evaluation
+    actor_reward_weight: float = 0.0  # > 0: the actor scores the reward, and -w * r (with its gradient) joins L
+    baseline: Literal["frozen", "ema"] = "frozen"
+    ema_decay: float = 0.9
+    use_ppo: bool = False
+    ppo_epsilon: float = 0.2
+    ppo_epochs: int = 1  # updates per sampled batch when use_ppo
+    kl_penalty: float = 0.1
+    expert_iteration: float | None = None  # keep CoTs with R > mean + k * std of earlier R (reference GSM8K: 2.2)
+    expert_iteration_warmup: int = 8  # steps of R history before the threshold applies (no update before)
+    normalize_loss: bool = True  # the policy-gradient term averaged over CoT tokens (false: summed)
+    lr: float = 5.0e-4  # reference: 1e-4 (8B); larger steps for a 24-step LoRA run on 135M
+    max_grad_norm: float = 1.0
+    eval_every: int = 8  # steps between evaluations on the held-out questions (plots/train/<variant>/<task>_eval.csv)
+    save_every: int = 8  # steps between checkpoints (checkpoints/<variant>/<task>: a killed run resumes there)
+    collapse: CollapseLimits = field(default_factory=CollapseLimits)
+    n_eval: int = 24  # held-out test questions evaluated during training
+    sampler: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vLLM when installed and on CUDA
+    lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
+
+    def __post_init__(self):
+        if self.use_ppo and self.ppo_epochs < 2:
+            # The ratio is taken against the sampling policy, so the first update's PPO gradient is the plain one.
+            raise ConfigError(
+                f"use_ppo: true with ppo_epochs = {self.ppo_epochs} is the plain policy gradient: the PPO ratio is "
+                "against the policy that sampled the batch, so it is exactly 1 (nothing is clipped) on a batch's "
+                "first update; set ppo_epochs >= 2, or use_ppo: false")
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature: {self.temperature!r} must be > 0 (CoTs are sampled)")
 
 
 class CollapseError(TrainingDivergedError):
@@ -211,7 +265,6 @@ def make_sampler(backend: str, model, tokenizer, base_path: str, scratch: str):
     on_cuda = next(model.parameters()).is_cuda
     has_vllm = importlib.util.find_spec("vllm") is not None
     if backend == "vllm" and not (has_vllm and on_cuda):
-        from cotlab.config import ConfigError
 
         raise ConfigError(f"markovian.sampler: 'vllm' needs the vllm package and a CUDA device (vllm installed: "
                           f"{has_vllm}, model on CUDA: {on_cuda}); use auto or transformers")

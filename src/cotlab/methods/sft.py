@@ -16,10 +16,11 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from transformers import TrainerCallback
 
+from cotlab.config import LoraParams
 from cotlab.schema import DataError, Example
 from cotlab.errors import TrainingDivergedError
 from cotlab.progress import progress_disabled
@@ -27,23 +28,26 @@ from cotlab.prompts import render_training
 
 
 @dataclass
-class SFTRunConfig:
-    template: str = "direct"
-    with_draft: bool = False  # prompt = question + "Student draft: " + the example's draft (Phase B)
-    lr: float = 2e-4
-    epochs: float = 1.0
+class TrainConfig:
+    """A supervised section of params.yaml: `sft` (Phase A), `cot_distill` (Phase B, methods/cot_distill.py) and
+    `cot_sft` (CODI's explicit-CoT baseline). lr and epochs left null are the top-level lr and the scale's epochs
+    (Params.resolve fills them before training)."""
+
+    lr: float | None = None  # None = the top-level lr
+    epochs: float | None = None  # None = the scale's epochs
     batch_size: int = 8
     grad_accum: int = 1
     warmup_ratio: float = 0.05
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    max_length: int = 512
-    padding_free: bool = True
-    gradient_checkpointing: bool = False
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    padding_free: bool = True  # rows concatenated without padding (TRL's padding_free; flash-attention style)
+    gradient_checkpointing: bool = False  # TRL turns it on by default; it recomputes activations, costing time
     logging_steps: int = 2
-    seed: int = 0
-    lr_scheduler: str = "cosine"
-    report_to: list[str] = field(default_factory=lambda: ["mlflow"])
+    quantization: Literal["none", "4bit"] = "none"  # 4bit: QLoRA (Dettmers et al. 2023), CUDA only
+    lora: LoraParams = field(default_factory=LoraParams)
+    init_from: Literal["base", "sft"] = "base"  # cot_distill: continue Phase A's adapter (the recipe) or start fresh
+    with_draft: bool = False  # prompt = question + "Student draft: <draft>" (Phase B)
 
 
 def build_dataset(examples: Sequence[Example], tokenizer, template: str, max_length: int, with_draft: bool = False):
@@ -96,12 +100,15 @@ def write_curve(rows: list[dict[str, Any]], path: str | Path) -> None:
         writer.writerows(rows)
 
 
-def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -> tuple[Any, dict, list[dict]]:
-    """Fine-tune `model` (a PEFT model) in place. Returns (model, metrics, loss curve rows)."""
+def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig, *, template: str, max_length: int,
+          seed: int, report_to: Sequence[str] = ("mlflow",)) -> tuple[Any, dict, list[dict]]:
+    """Fine-tune `model` (a PEFT model) in place on the section `config` (lr and epochs resolved), rendering rows
+    with `template`. Returns (model, metrics, loss curve rows)."""
+    if config.lr is None or config.epochs is None:
+        raise ValueError("sft.train: lr and epochs must be resolved (Params.resolve) before training")
     from trl import SFTConfig, SFTTrainer
 
-    dataset, weights, data_stats = build_dataset(examples, tokenizer, config.template, config.max_length,
-                                                 config.with_draft)
+    dataset, weights, data_stats = build_dataset(examples, tokenizer, template, max_length, config.with_draft)
     curve = LossCurve()
     with tempfile.TemporaryDirectory(prefix="cotlab-trainer-") as scratch:
         args = SFTConfig(
@@ -119,20 +126,20 @@ def train(model, tokenizer, examples: Sequence[Example], config: SFTRunConfig) -
             # The Trainer otherwise hides NaN/inf losses from the logs, and with them our divergence check.
             logging_nan_inf_filter=False,
             save_strategy="no",
-            report_to=config.report_to,
-            seed=config.seed,
-            data_seed=config.seed,
+            report_to=list(report_to),
+            seed=seed,
+            data_seed=seed,
             completion_only_loss=True,
             padding_free=config.padding_free,
             gradient_checkpointing=config.gradient_checkpointing,
             # Padding-free rows are concatenations, so max_length is enforced by build_dataset instead.
-            max_length=None if config.padding_free else config.max_length,
+            max_length=None if config.padding_free else max_length,
             dataloader_num_workers=0,
             disable_tqdm=progress_disabled(),
             use_cpu=not _on_cuda(model),
             bf16=_on_cuda(model) and _bf16(model),
         )
-        trainer_class = SFTTrainer if all(w == 1.0 for w in weights) else _weighted_trainer(weights, config.seed)
+        trainer_class = SFTTrainer if all(w == 1.0 for w in weights) else _weighted_trainer(weights, seed)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 callbacks=[curve])
         result = trainer.train()

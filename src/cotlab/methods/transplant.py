@@ -25,18 +25,45 @@ import contextlib
 import random
 import re
 import time
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from cotlab.config import ConfigError, TransplantConfig
+from cotlab.config import ConfigError, LoraParams
 from cotlab.schema import DataError
 from cotlab.evaluation.stats import mcnemar_exact, summarize, wilson_interval
 from cotlab.methods.sft import TrainingDivergedError
 from cotlab.progress import progress
 from cotlab.prompts import render_messages
+
+
+@dataclass
+class TransplantConfig:
+    """The `transplant` section: hidden-state transplant verification on data/candidates/<task>, trained as
+    transplant@<task> and its controls transplant_masked@ and no_transplant@."""
+
+    tasks: list[str] = field(default_factory=lambda: ["svamp"])  # candidates@<task> and the transplant stages run on these
+    # "all", or the decoder layers whose outputs are transplanted (0-based). A layer's output reaches later tokens only
+    # through the attention of the layers after it: the last layer alone cannot move the verdict.
+    layers: Literal["all"] | list[int] = "all"
+    detach_pass1: bool = False  # false: gradients flow through the transplanted states into pass 1
+    residual_fp64: bool = False  # the residual stream in float64 through the hooked layers (sublayers compute in the model dtype)
+    masked: bool = False  # the ablation: every candidate identifier in the argument replaced by "_" (set per stage)
+    transplant: bool = True  # false: the control without replacement, same prompts, pass 2 alone (set per stage)
+    steps: int = 16
+    batch_size: int = 4
+    lr: float = 5.0e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    eval_every: int = 8  # steps between curve points (and at step 0 and the last step)
+    n_curve: int = 16  # train and test items evaluated at each curve point (seeded); the final evaluation takes all
+    lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
+
+    def __post_init__(self):
+        if isinstance(self.layers, list) and (not self.layers or min(self.layers) < 0):
+            raise ConfigError(f"layers: {self.layers!r} must be 'all' or a non-empty list of layer indices >= 0")
 
 LABELS = ("A", "B")
 

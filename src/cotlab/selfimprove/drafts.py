@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from cotlab.evaluation.generate import generate
 from cotlab.formats import draft_records
 from cotlab.schema import DataError, Example, read_jsonl
 from cotlab.prompts import ANSWER_HINT, question_block, render_messages
+
+
+@dataclass
+class DraftsConfig:
+    """The `drafts` section: the student's drafts (the base model, batched greedy), also redrawn by the judge and
+    the self-guided rounds."""
+
+    max_new_tokens: int = 64
+    batch_size: int | None = None  # None = the scale's eval_batch_size
+    stop_after_questions: bool = True  # stop a draft after its "Questions: ...?" line
 
 
 def student_drafts(model, tokenizer, examples: Sequence[Example], max_new_tokens: int, batch_size: int,

@@ -5,11 +5,29 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
+from cotlab.config import ConfigError
 from cotlab.evaluation.stats import wilson_interval
 from cotlab.prompts import question_block
 from cotlab.schema import Example
+from cotlab.teacher import TeacherConfig
+
+
+@dataclass
+class JudgeConfig(TeacherConfig):
+    """The judge's backend (any teacher backend but the oracle) and what it compares."""
+
+    backend: Literal["oracle", "local", "openai"] = "local"
+    model: str = "models/base"
+    max_tokens: int = 16
+    challenger: str = "dpo"  # its clarifying questions against the base student's (the drafts stage)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.backend == "oracle":
+            raise ConfigError("backend: 'oracle' cannot judge; use local or openai")
 
 
 def asked_questions(row: dict, limit: int = 3) -> list[str]:

@@ -11,20 +11,21 @@ from cotlab.evaluation.run import evaluate
 from cotlab.methods.dpo import train_checkpoint
 from cotlab.models import load_checkpoint
 from cotlab.schema import Example
-from cotlab.selfimprove.drafts import student_drafts
+from cotlab.selfimprove.drafts import DraftsConfig, student_drafts
 
 
 def run_round(params, task: str, base_dir: str, start_dir: str, out_dir: str, filtered: list[Example],
               test: list[Example], max_new_tokens: int) -> dict:
     """Train the round's model into `out_dir`; returns its rows (drafts, pairs, predictions), curve and summary."""
-    batch_size = params.drafts.batch_size or params.sizes.eval_batch_size
+    drafts = params.section("drafts", DraftsConfig)
+    batch_size = drafts.batch_size or params.sizes.eval_batch_size
     filtered = pair_examples(filtered, params.sizes.n_pairs, params.seed)
     model, tokenizer, _ = load_checkpoint(start_dir, params.model.device)
     unique = list({ex.id: ex for ex in filtered}.values())  # upsampled rows share one draft
-    train_rows, train_drafts = student_drafts(model, tokenizer, unique, params.drafts.max_new_tokens, batch_size,
-                                              params.drafts.stop_after_questions)
-    test_rows, test_drafts = student_drafts(model, tokenizer, test, params.drafts.max_new_tokens, batch_size,
-                                            params.drafts.stop_after_questions)
+    train_rows, train_drafts = student_drafts(model, tokenizer, unique, drafts.max_new_tokens, batch_size,
+                                              drafts.stop_after_questions)
+    test_rows, test_drafts = student_drafts(model, tokenizer, test, drafts.max_new_tokens, batch_size,
+                                            drafts.stop_after_questions)
     del model
     new_draft = {row["id"]: row["draft"] for row in train_rows}
     pairs, pair_metrics = build_pairs([replace(ex, metadata={**ex.metadata, "draft": new_draft[ex.id]})
