@@ -1,4 +1,5 @@
-"""Stage markovian@<task> (and non_markovian@<task>: the ablation, whose reward prompt shows the question): RL of the
+"""Stage markovian@markovian-<task> (and markovian@non_markovian-<task>: the ablation, whose reward prompt shows the
+question; one dvc.yaml matrix): RL of the
 actor (base + LoRA) on CoTs scored by how well they predict the gold answer (methods/markovian.py), on
 data/markovian/<task>. Writes the adapter (models/<variant>/<task>), every step's monitors
 (plots/train/<variant>/<task>.csv), the held-out evaluation curve (..._eval.csv) and a checkpoint every `save_every`
@@ -27,7 +28,7 @@ def main(params, task, variant="markovian"):
     config = replace(params.section("markovian", markovian.MarkovianConfig), markovian=VARIANTS[variant])
     train = read_examples(f"{markovian_data_dir(task)}/train.jsonl")
     test = read_examples(f"{markovian_data_dir(task)}/test.jsonl")
-    with tracking.stage_run(f"{variant}@{task}", mlflow_params(params), method=variant, task=task), \
+    with tracking.stage_run(f"markovian@{variant}-{task}", mlflow_params(params), method=variant, task=task), \
             tempfile.TemporaryDirectory(prefix="cotlab-markovian-") as scratch:
         model, tokenizer, base_manifest = load_for_training(BASE_MODEL, resolve_device(params.model.device), "none",
                                                             asdict(config.lora), None)

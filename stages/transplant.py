@@ -1,5 +1,6 @@
-"""Stage transplant@<task>, and its controls transplant_masked@<task> (every candidate identifier in the argument
-replaced by "_") and no_transplant@<task> (the same prompts, pass 2 alone): train the verdict (methods/transplant.py)
+"""Stage transplant@transplant-<task>, and its controls transplant@transplant_masked-<task> (every candidate identifier
+in the argument replaced by "_") and transplant@no_transplant-<task> (the same prompts, pass 2 alone), one dvc.yaml
+matrix: train the verdict (methods/transplant.py)
 on data/candidates/<task>, then evaluate it on the whole test split. Writes the adapter (models/<variant>/<task>), the
 loss per step (plots/train/<variant>/<task>.csv), the curves on train and test items every `eval_every` steps
 (..._curves.csv: accuracy, the argument's own correctness rate, how often the verdict follows the argument), and the
@@ -28,7 +29,7 @@ def progress(row: dict) -> None:
 def main(params, task, variant="transplant"):
     config = replace(params.section("transplant", transplant.TransplantConfig), **VARIANTS[variant])
     batch_size = params.evaluate.batch_size or params.sizes.eval_batch_size
-    with tracking.stage_run(f"{variant}@{task}", mlflow_params(params), method=variant, task=task):
+    with tracking.stage_run(f"transplant@{variant}-{task}", mlflow_params(params), method=variant, task=task):
         model, tokenizer, _ = load_for_training(BASE_MODEL, resolve_device(params.model.device), "none",
                                                 asdict(config.lora), None)
         items = {split: [transplant.build_item(tokenizer, row, config.masked)

@@ -53,6 +53,13 @@ def repo(tmp_path_factory):
     return {"root": root, "repro_log": out, "repro_s": time.time() - started}
 
 
+def dvc_stages(root) -> set[str]:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {stage.addressing for stage in repo.index.stages}
+
+
 def runs(root):
     client = mlflow.tracking.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cotlab")
@@ -149,7 +156,8 @@ def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the
     for pair in ("markovian@arithmetic vs markovian_base@arithmetic", "markovian@arithmetic vs non_markovian@arithmetic"):
         assert pairs[pair]["n"] == len(test) and 0 <= pairs[pair]["mcnemar_p"] <= 1
     stages = {r.data.tags["stage"] for r in runs(root)}
-    assert {"markovian@arithmetic", "non_markovian@arithmetic", "eval_markovian@arithmetic"} <= stages
+    expected = {"markovian@markovian-arithmetic", "markovian@non_markovian-arithmetic", "eval_markovian@arithmetic"}
+    assert expected <= stages and expected <= dvc_stages(root)  # MLflow names the runs as DVC names the stages
 
 
 def test_transplant_stages_train_with_curves_and_pair_with_their_controls(repo):
@@ -182,7 +190,9 @@ def test_transplant_stages_train_with_curves_and_pair_with_their_controls(repo):
     report = (root / "reports/compare.md").read_text()
     assert "## Transplant verification" in report and report.count("| svamp | transplant") >= 2
     stages = {r.data.tags["stage"] for r in runs(root)}
-    assert {"candidates@svamp", "transplant@svamp", "transplant_masked@svamp", "no_transplant@svamp"} <= stages
+    expected = {"candidates@svamp", "transplant@transplant-svamp", "transplant@transplant_masked-svamp",
+                "transplant@no_transplant-svamp"}
+    assert expected <= stages and expected <= dvc_stages(root)
 
 
 def test_phase_c_and_its_validations(repo):

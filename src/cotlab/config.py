@@ -265,8 +265,9 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix}.{e}" if prefix else str(e)) from None
 
 
-# Variant flags belong to the stage's command (markovian@ / non_markovian@, transplant@ / transplant_masked@ /
-# no_transplant@): in params.yaml a stage would overwrite them, so there they are an error.
+# Variant flags belong to the stage's command (dvc.yaml's matrix over each variant: markovian@markovian-<task> and
+# markovian@non_markovian-<task>, transplant@{transplant,transplant_masked,no_transplant}-<task>): in params.yaml a
+# stage would overwrite them, so there they are an error.
 STAGE_ARGUMENTS = {"markovian": ("markovian",), "transplant": ("masked", "transplant")}
 
 

@@ -58,11 +58,12 @@ class CollapseLimits:
 
 @dataclass
 class MarkovianConfig:
-    """The `markovian` section: Markovian CoT training, markovian@<task> and non_markovian@<task>. Reference values
-    (Viteri et al.) in the comments where the 2-core demo needs smaller ones."""
+    """The `markovian` section: Markovian CoT training, markovian@markovian-<task> and its ablation
+    markovian@non_markovian-<task>. Reference values (Viteri et al.) in the comments where the 2-core demo needs
+    smaller ones."""
 
     tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
-    # false: the reward prompt shows the question (the ablation). Set by the stage (markovian@ or non_markovian@),
+    # false: the reward prompt shows the question (the ablation). Set by the stage's variant (dvc.yaml's matrix),
     # never in params.yaml
     markovian: bool = True
     steps: int = 24

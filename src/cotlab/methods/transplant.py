@@ -42,7 +42,8 @@ from cotlab.prompts import render_messages
 @dataclass
 class TransplantConfig:
     """The `transplant` section: hidden-state transplant verification on data/candidates/<task>, trained as
-    transplant@<task> and its controls transplant_masked@ and no_transplant@."""
+    transplant@transplant-<task> and its controls transplant@transplant_masked-<task> and
+    transplant@no_transplant-<task>."""
 
     tasks: list[str] = field(default_factory=lambda: ["svamp"])  # candidates@<task> and the transplant stages run on these
     # "all", or the decoder layers whose outputs are transplanted (0-based). A layer's output reaches later tokens only
