@@ -4,9 +4,8 @@ the adapter, the projection and the added <bot>/<eot> tokens, and the loss parts
 from dataclasses import asdict
 
 from cotlab import tracking
-from cotlab.schema import read_examples, write_json
+from cotlab.schema import read_examples, write_csv, write_json
 from cotlab.methods import codi
-from cotlab.methods.sft import write_curve
 from cotlab.models import load_for_training, resolve_device
 from cotlab.stage import BASE_MODEL, codi_data_dir, mlflow_params, model_dir, stage_main
 
@@ -25,7 +24,7 @@ def main(params, task):
                                     seed=params.seed, report_to=["mlflow"])
         codi.save(model_with_thoughts, tokenizer, model_dir("codi", task), BASE_MODEL,
                   {**asdict(config), "seed": params.seed, "task": task}, n_base_vocab, extra={"task": task})
-        write_curve(curve, f"plots/train/codi/{task}.csv")
+        write_csv(curve, f"plots/train/codi/{task}.csv")
         write_json(f"metrics/train/codi/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"codi@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps; last "

@@ -1,8 +1,7 @@
 """Stage dpo@<task> (Phase C): DPO from the Phase B adapter on data/pairs/<task>, with the beta schedule and the
 calibrated and robust variants of params `dpo`."""
 from cotlab import tracking
-from cotlab.schema import read_jsonl, write_json
-from cotlab.methods.sft import write_curve
+from cotlab.schema import read_jsonl, write_csv, write_json
 from cotlab.methods.dpo import train_checkpoint
 from cotlab.stage import BASE_MODEL, mlflow_params, model_dir, pairs_dir, stage_main
 
@@ -13,7 +12,7 @@ def main(params, task):
     with tracking.stage_run(f"dpo@{task}", mlflow_params(params), method="dpo", task=task):
         metrics, curve = train_checkpoint(params, task, BASE_MODEL, model_dir("cot_distill", task), pairs,
                                    model_dir("dpo", task))
-        write_curve(curve, f"plots/train/dpo/{task}.csv")
+        write_csv(curve, f"plots/train/dpo/{task}.csv")
         write_json(f"metrics/train/dpo/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"dpo@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps, "

@@ -9,9 +9,8 @@ import tempfile
 from dataclasses import asdict, replace
 
 from cotlab import tracking
-from cotlab.schema import read_examples, write_json
+from cotlab.schema import read_examples, write_csv, write_json
 from cotlab.methods import markovian
-from cotlab.methods.sft import write_curve
 from cotlab.models import load_for_training, resolve_device, save_adapter
 from cotlab.stage import BASE_MODEL, markovian_data_dir, mlflow_params, model_dir, stage_main
 
@@ -40,8 +39,8 @@ def main(params, task, variant="markovian"):
         save_adapter(model, tokenizer, model_dir(variant, task), BASE_MODEL, variant, "markovian", "none",
                      {**asdict(config), "seed": params.seed, "task": task},
                      extra={"markovian": asdict(config), "task": task})
-        write_curve(curve, f"plots/train/{variant}/{task}.csv")
-        write_curve(eval_curve, f"plots/train/{variant}/{task}_eval.csv")
+        write_csv(curve, f"plots/train/{variant}/{task}.csv")
+        write_csv(eval_curve, f"plots/train/{variant}/{task}_eval.csv")
         write_json(f"metrics/train/{variant}/{task}.json", metrics)
         for row in curve:
             tracking.log_metrics(row, step=row["step"])

@@ -4,8 +4,7 @@ teacher's reasoning, DPO trains again from that model, and the new model is eval
 from cotlab import tracking
 from cotlab.config import ConfigError
 from cotlab.methods.dpo import DPOConfig
-from cotlab.methods.sft import write_curve
-from cotlab.schema import read_examples, write_json, write_jsonl
+from cotlab.schema import read_examples, write_csv, write_json, write_jsonl
 from cotlab.selfimprove.rounds import run_round
 from cotlab.stage import BASE_MODEL, data_dir, filtered_dir, max_new_tokens, mlflow_params, model_dir, stage_main
 
@@ -24,7 +23,7 @@ def main(params, name):
                             read_examples(f"{data_dir(task)}/test.jsonl"), max_new_tokens(params, "cot"))
             for part in ("drafts_train", "drafts_test", "pairs"):
                 write_jsonl(f"data/rounds/{name}/{task}/{part}.jsonl", out[part])
-            write_curve(out["curve"], f"plots/train/{name}/{task}.csv")
+            write_csv(out["curve"], f"plots/train/{name}/{task}.csv")
             write_jsonl(f"eval/{name}/{task}/predictions.jsonl", out["predictions"])
             summary[task] = result = {"start": start, **out["summary"]}
             tracking.log_metrics({"accuracy": result["eval"]["accuracy"], "train_loss": result["train"]["train_loss"],

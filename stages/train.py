@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from cotlab import tracking
 from cotlab.config import ConfigError
-from cotlab.schema import read_examples, write_json
+from cotlab.schema import read_examples, write_csv, write_json
 from cotlab.methods import cot_distill, sft
 from cotlab.models import load_for_training, resolve_device, save_adapter
 from cotlab.prompts import template_for
@@ -32,7 +32,7 @@ def main(params, method, task):
         save_adapter(model, tokenizer, model_dir(method, task), BASE_MODEL, method, template, cfg.quantization,
                      params={**asdict(cfg), **run, "template": template, "task": task},
                      extra={"task": task, "init_from": init_from}, with_draft=cfg.with_draft)
-        sft.write_curve(curve, f"plots/train/{method}/{task}.csv")
+        write_csv(curve, f"plots/train/{method}/{task}.csv")
         write_json(f"metrics/train/{method}/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"{method}@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps")

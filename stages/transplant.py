@@ -8,9 +8,8 @@ test predictions (eval/<variant>/<task>) that compare pairs."""
 from dataclasses import asdict, replace
 
 from cotlab import tracking
-from cotlab.schema import read_jsonl, write_json, write_jsonl
+from cotlab.schema import read_jsonl, write_csv, write_json, write_jsonl
 from cotlab.methods import transplant
-from cotlab.methods.sft import write_curve
 from cotlab.models import load_for_training, resolve_device, save_adapter
 from cotlab.stage import BASE_MODEL, candidates_dir, mlflow_params, model_dir, stage_main
 
@@ -42,8 +41,8 @@ def main(params, task, variant="transplant"):
         save_adapter(model, tokenizer, model_dir(variant, task), BASE_MODEL, variant, "transplant", "none",
                      {**asdict(config), "seed": params.seed, "task": task},
                      extra={"transplant": asdict(config), "task": task})
-        write_curve(curve, f"plots/train/{variant}/{task}.csv")
-        write_curve(curves, f"plots/train/{variant}/{task}_curves.csv")
+        write_csv(curve, f"plots/train/{variant}/{task}.csv")
+        write_csv(curves, f"plots/train/{variant}/{task}_curves.csv")
         write_json(f"metrics/train/{variant}/{task}.json", metrics)
         write_jsonl(f"eval/{variant}/{task}/predictions.jsonl", predictions)
         write_json(f"metrics/eval/{variant}/{task}.json", final)

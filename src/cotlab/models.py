@@ -38,6 +38,15 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu"
 
 
+def on_cuda(model) -> bool:
+    return next(model.parameters()).device.type == "cuda"
+
+
+def has_bf16_weights(model) -> bool:
+    """Trainers autocast to bf16 only for a bf16 base on CUDA: TRL defaults bf16=True, which autocasts on CPU too."""
+    return any(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """True where the CPU has bf16 dot-product instructions (x86 avx512_bf16 or AMX; ARM bf16), read from the
     kernel's cpuinfo flags. Without them bf16 matmuls are emulated and slower than fp32."""

@@ -101,6 +101,18 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any] | Example
     _write_atomically(path, write)
 
 
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Rows (a loss curve, a monitor per step) as CSV with the first row's keys as header, for `dvc plots`."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step", "epoch", "loss"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     def write(f) -> None:
         json.dump(obj, f, indent=2, ensure_ascii=False)

@@ -381,7 +381,8 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIConfig
 
     from transformers import TrainingArguments
 
-    from cotlab.methods.sft import TrainingDivergedError, _on_cuda
+    from cotlab.errors import TrainingDivergedError
+    from cotlab.models import on_cuda
     from cotlab.progress import progress_disabled
 
     # A row with an empty CoT still trains (its teacher reads question -> answer), as the reference keeps GSM8k-Aug's
@@ -398,8 +399,8 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIConfig
             warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
             lr_scheduler_type=config.lr_scheduler, logging_steps=config.logging_steps, logging_first_step=True,
             save_strategy="no", report_to=list(report_to), seed=seed, data_seed=seed,
-            remove_unused_columns=False, disable_tqdm=progress_disabled(), bf16=config.bf16 and _on_cuda(codi.lm),
-            use_cpu=not _on_cuda(codi.lm), dataloader_num_workers=0,
+            remove_unused_columns=False, disable_tqdm=progress_disabled(), bf16=config.bf16 and on_cuda(codi.lm),
+            use_cpu=not on_cuda(codi.lm), dataloader_num_workers=0,
         )
         trainer = trainer_class()(
             model=codi, args=args, train_dataset=data,

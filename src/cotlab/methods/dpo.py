@@ -237,7 +237,9 @@ def train(model, tokenizer, pairs: list[dict], config: DPOConfig, *, max_length:
     import trl
     from datasets import Dataset
 
-    from cotlab.methods.sft import LossCurve, TrainingDivergedError, _bf16, _on_cuda
+    from cotlab.errors import TrainingDivergedError
+    from cotlab.methods.sft import LossCurve
+    from cotlab.models import has_bf16_weights, on_cuda
     from cotlab.progress import progress_disabled
 
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in pairs])
@@ -251,8 +253,8 @@ def train(model, tokenizer, pairs: list[dict], config: DPOConfig, *, max_length:
             logging_steps=config.logging_steps, logging_first_step=True, logging_nan_inf_filter=False,
             precompute_ref_log_probs=config.precompute_ref, save_strategy="no", report_to=list(report_to),
             seed=seed, data_seed=seed, gradient_checkpointing=False, disable_tqdm=progress_disabled(),
-            use_cpu=not _on_cuda(model), dataloader_num_workers=0,
-            bf16=_on_cuda(model) and _bf16(model),  # as SFT: TRL defaults to True, which autocasts on CPU too
+            use_cpu=not on_cuda(model), dataloader_num_workers=0,
+            bf16=on_cuda(model) and has_bf16_weights(model),  # as SFT: TRL defaults to True, which autocasts on CPU too
         )
         trainer_class = scheduled_trainer(config.schedule, config.drop_fraction, config.dr_beta, config.reference)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,

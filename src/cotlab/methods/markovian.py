@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from cotlab.config import ConfigError, LoraParams
+from cotlab.errors import TrainingDivergedError
 from cotlab.schema import Example
 from cotlab.answers import extract_answer, is_correct
-from cotlab.methods.sft import TrainingDivergedError
 from cotlab.progress import progress
 from cotlab.prompts import display_answer, question_block
 

@@ -11,7 +11,6 @@ loss equals the padded one, see tests/test_methods.py).
 
 from __future__ import annotations
 
-import csv
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from transformers import TrainerCallback
 from cotlab.config import LoraParams
 from cotlab.schema import DataError, Example
 from cotlab.errors import TrainingDivergedError
+from cotlab.models import has_bf16_weights, on_cuda
 from cotlab.progress import progress_disabled
 from cotlab.prompts import render_training
 
@@ -91,15 +91,6 @@ class LossCurve(TrainerCallback):
                           "learning_rate": logs.get("learning_rate", "")})
 
 
-def write_curve(rows: list[dict[str, Any]], path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step", "epoch", "loss"])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig, *, template: str, max_length: int,
           seed: int, report_to: Sequence[str] = ("mlflow",)) -> tuple[Any, dict, list[dict]]:
     """Fine-tune `model` (a PEFT model) in place on the section `config` (lr and epochs resolved), rendering rows
@@ -136,8 +127,8 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig, *,
             max_length=None if config.padding_free else max_length,
             dataloader_num_workers=0,
             disable_tqdm=progress_disabled(),
-            use_cpu=not _on_cuda(model),
-            bf16=_on_cuda(model) and _bf16(model),
+            use_cpu=not on_cuda(model),
+            bf16=on_cuda(model) and has_bf16_weights(model),
         )
         trainer_class = SFTTrainer if all(w == 1.0 for w in weights) else _weighted_trainer(weights, seed)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -172,13 +163,3 @@ def _weighted_trainer(weights: list[float], seed: int):
                                          generator=torch.Generator().manual_seed(seed))
 
     return WeightedSFTTrainer
-
-
-def _on_cuda(model) -> bool:
-    return next(model.parameters()).device.type == "cuda"
-
-
-def _bf16(model) -> bool:
-    import torch
-
-    return any(p.dtype == torch.bfloat16 for p in model.parameters())

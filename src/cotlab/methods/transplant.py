@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from cotlab.config import ConfigError, LoraParams
+from cotlab.errors import TrainingDivergedError
 from cotlab.schema import DataError
 from cotlab.evaluation.stats import mcnemar_exact, summarize, wilson_interval
-from cotlab.methods.sft import TrainingDivergedError
 from cotlab.progress import progress
 from cotlab.prompts import render_messages
 
