@@ -24,7 +24,7 @@ def main(params, task):
                                     seed=params.seed, report_to=["mlflow"])
         codi.save(model_with_thoughts, tokenizer, model_dir("codi", task), BASE_MODEL,
                   {**asdict(config), "seed": params.seed, "task": task}, n_base_vocab, extra={"task": task})
-        write_csv(curve, f"plots/train/codi/{task}.csv")
+        write_csv(f"plots/train/codi/{task}.csv", curve)
         write_json(f"metrics/train/codi/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"codi@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps; last "

@@ -12,7 +12,7 @@ def main(params, task):
     with tracking.stage_run(f"dpo@{task}", mlflow_params(params), method="dpo", task=task):
         metrics, curve = train_checkpoint(params, task, BASE_MODEL, model_dir("cot_distill", task), pairs,
                                    model_dir("dpo", task))
-        write_csv(curve, f"plots/train/dpo/{task}.csv")
+        write_csv(f"plots/train/dpo/{task}.csv", curve)
         write_json(f"metrics/train/dpo/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"dpo@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps, "

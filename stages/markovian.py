@@ -39,8 +39,8 @@ def main(params, task, variant="markovian"):
         save_adapter(model, tokenizer, model_dir(variant, task), BASE_MODEL, variant, "markovian", "none",
                      {**asdict(config), "seed": params.seed, "task": task},
                      extra={"markovian": asdict(config), "task": task})
-        write_csv(curve, f"plots/train/{variant}/{task}.csv")
-        write_csv(eval_curve, f"plots/train/{variant}/{task}_eval.csv")
+        write_csv(f"plots/train/{variant}/{task}.csv", curve)
+        write_csv(f"plots/train/{variant}/{task}_eval.csv", eval_curve)
         write_json(f"metrics/train/{variant}/{task}.json", metrics)
         for row in curve:
             tracking.log_metrics(row, step=row["step"])

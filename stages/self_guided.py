@@ -23,7 +23,7 @@ def main(params, name):
                             read_examples(f"{data_dir(task)}/test.jsonl"), max_new_tokens(params, "cot"))
             for part in ("drafts_train", "drafts_test", "pairs"):
                 write_jsonl(f"data/rounds/{name}/{task}/{part}.jsonl", out[part])
-            write_csv(out["curve"], f"plots/train/{name}/{task}.csv")
+            write_csv(f"plots/train/{name}/{task}.csv", out["curve"])
             write_jsonl(f"eval/{name}/{task}/predictions.jsonl", out["predictions"])
             summary[task] = result = {"start": start, **out["summary"]}
             tracking.log_metrics({"accuracy": result["eval"]["accuracy"], "train_loss": result["train"]["train_loss"],

@@ -32,7 +32,7 @@ def main(params, method, task):
         save_adapter(model, tokenizer, model_dir(method, task), BASE_MODEL, method, template, cfg.quantization,
                      params={**asdict(cfg), **run, "template": template, "task": task},
                      extra={"task": task, "init_from": init_from}, with_draft=cfg.with_draft)
-        write_csv(curve, f"plots/train/{method}/{task}.csv")
+        write_csv(f"plots/train/{method}/{task}.csv", curve)
         write_json(f"metrics/train/{method}/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"{method}@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps")

@@ -41,8 +41,8 @@ def main(params, task, variant="transplant"):
         save_adapter(model, tokenizer, model_dir(variant, task), BASE_MODEL, variant, "transplant", "none",
                      {**asdict(config), "seed": params.seed, "task": task},
                      extra={"transplant": asdict(config), "task": task})
-        write_csv(curve, f"plots/train/{variant}/{task}.csv")
-        write_csv(curves, f"plots/train/{variant}/{task}_curves.csv")
+        write_csv(f"plots/train/{variant}/{task}.csv", curve)
+        write_csv(f"plots/train/{variant}/{task}_curves.csv", curves)
         write_json(f"metrics/train/{variant}/{task}.json", metrics)
         write_jsonl(f"eval/{variant}/{task}/predictions.jsonl", predictions)
         write_json(f"metrics/eval/{variant}/{task}.json", final)
