@@ -56,8 +56,8 @@ def repo(tmp_path_factory):
 def dvc_stages(root) -> set[str]:
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
-        return {stage.addressing for stage in repo.index.stages}
+    with Repo(str(root)) as repo:  # the names `dvc repro` prints (addressing is relative to the cwd)
+        return {stage.name for stage in repo.index.stages}
 
 
 def runs(root):
