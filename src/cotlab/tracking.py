@@ -45,7 +45,7 @@ def git_commit() -> str:
 
 
 # MLflow 3's UI opens an experiment without this tag on its GenAI (traces) view, where cotlab's runs are not shown.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def stage_name(fallback: str) -> str:
@@ -55,8 +55,8 @@ def stage_name(fallback: str) -> str:
 
 def _set_experiment(mlflow, name: str) -> None:
     experiment = mlflow.set_experiment(name)
-    if experiment.tags.get("mlflow.experimentKind") is None:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    if KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
 
 
 @contextlib.contextmanager
