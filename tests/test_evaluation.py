@@ -90,12 +90,12 @@ def test_each_system_gets_a_headline_summary_without_nan():
                 "markovian_vs_base": "markovian@arith vs markovian_base@arith"}
     out = summaries(result, headline, 200, 0.95, 0, table, verified)
     assert set(out) == {"self_improving", "codi", "markovian", "transplant"}
-    assert out["self_improving"]["headline"] == {"dpo_t": 50.0}
+    assert out["self_improving"]["pp"] == {"dpo_t": 50.0}
     assert out["self_improving"]["effects"]["dpo_t"]["mcnemar_p"] < 1e-6
     assert set(out["self_improving"]["accuracy"]["t"]) == {"base_zeroshot", "dpo"}
-    assert out["codi"]["headline"] == {"codi_fewshot": 100.0} and set(out["codi"]["accuracy"]["pr"]) == {
+    assert out["codi"]["pp"] == {"codi_fewshot": 100.0} and set(out["codi"]["accuracy"]["pr"]) == {
         "codi", "base_fewshot_cot"}
-    assert out["markovian"]["headline"] == {"markovian_vs_base": None}  # not evaluated: null, and said so
+    assert out["markovian"]["pp"] == {"markovian_vs_base": None}  # not evaluated: null, and said so
     assert out["markovian"]["effects"]["markovian_vs_base"]["missing"] == ["markovian@arith", "markovian_base@arith"]
     assert out["transplant"]["effects"]["transplant_vs_argument@svamp"]["diff"] == pytest.approx(-0.05)
     assert verified["svamp"]["transplant"]["accuracy_argument_wrong"] is None  # the argument was never wrong

@@ -36,16 +36,16 @@ class CompareConfig:
         "transplant@svamp vs no_transplant@svamp",
         "transplant@svamp vs transplant_masked@svamp",
         "transplant_masked@svamp vs no_transplant@svamp"])
-    # short name -> the paired comparison each system is about: metrics/summary/<system>.json's "headline" (the
-    # difference in points), small enough for `dvc exp show --keep` and `dvc metrics diff` to show at a glance
+    # short name -> the paired comparison a system is about: metrics/summary/<system>.json's "pp" (the difference
+    # in points). Short, so that `dvc exp show --keep '^pp\.'` fits 120 columns
     headline: dict[str, str] = field(default_factory=lambda: {
-        "dpo_strategyqa": "dpo@strategyqa vs base_zeroshot@strategyqa",
-        "dpo_syllogism": "dpo@syllogism vs base_zeroshot@syllogism",
-        "no_draft_syllogism": "dpo_no_draft@syllogism vs dpo@syllogism",
-        "codi_universe": "codi@personal_relations vs codi@personal_relations_no_universe",
-        "codi_vs_fewshot": "codi@personal_relations vs base_fewshot_cot@personal_relations",
-        "markovian_vs_base": "markovian@arithmetic vs markovian_base@arithmetic",
-        "transplant_vs_none": "transplant@svamp vs no_transplant@svamp"})
+        "dpo_sqa": "dpo@strategyqa vs base_zeroshot@strategyqa",
+        "dpo_syl": "dpo@syllogism vs base_zeroshot@syllogism",
+        "nodraft_syl": "dpo_no_draft@syllogism vs dpo@syllogism",
+        "universe": "codi@personal_relations vs codi@personal_relations_no_universe",
+        "codi_fs": "codi@personal_relations vs base_fewshot_cot@personal_relations",
+        "markovian": "markovian@arithmetic vs markovian_base@arithmetic",
+        "transplant": "transplant@svamp vs no_transplant@svamp"})
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
 
@@ -293,17 +293,17 @@ def _points(x: float | None) -> float | None:
 def summaries(result: dict, headline: dict[str, str], n_resamples: int, confidence: float, seed: int,
               table: dict[str, dict[str, list[dict]]], verified: dict[str, dict[str, dict]] | None = None
               ) -> dict[str, dict]:
-    """metrics/summary/<system>.json: "headline", each headline comparison's difference in points (null when a side
-    was not evaluated); "effects", the same comparisons in full (accuracies, paired bootstrap interval, McNemar p);
+    """metrics/summary/<system>.json: "pp", each headline comparison's difference in points (null when a side was
+    not evaluated); "effects", the same comparisons in full (accuracies, paired bootstrap interval, McNemar p);
     "accuracy", every model of the system per task with its Wilson interval; for the transplant also the verdict
     against following the argument. Every system has a file (dvc.yaml declares each)."""
-    out: dict[str, dict] = {name: {"headline": {}, "effects": {}, "accuracy": {}} for name in
+    out: dict[str, dict] = {name: {"pp": {}, "effects": {}, "accuracy": {}} for name in
                             ("self_improving", *SYSTEMS)}
     effects = compare_pairs(table, list(headline.values()), n_resamples, confidence, seed)
     for name, pair in headline.items():
         (model, _), _ = parse_pair(pair)
         system, effect = out[system_of(model)], effects[pair]
-        system["headline"][name] = _points(effect.get("diff"))
+        system["pp"][name] = _points(effect.get("diff"))
         system["effects"][name] = {"pair": pair, **effect}
     for task, models in result.items():
         for model, r in models.items():
