@@ -1,8 +1,11 @@
-"""Stage compare: every evaluated model per task, paired against the reference (metrics, report, plot data)."""
+"""Stage compare: every evaluated model per task, paired against the reference (metrics, report, plot data), one
+small headline file per research system (metrics/summary/<system>.json), and the report's figures rendered offline
+(reports/figures/*.png, from eval/ and the training curves under plots/train/)."""
 from cotlab import tracking
 from cotlab.schema import write_json
-from cotlab.evaluation.compare import (TRANSPLANT_MODELS, CompareConfig, compare, compare_pairs, load_predictions, optional_models,
-                                      verification, write_accuracy_plot, write_markdown)
+from cotlab.evaluation.compare import (TRANSPLANT_MODELS, CompareConfig, compare, compare_pairs, load_predictions,
+                                      optional_models, summaries, verification, write_accuracy_plot, write_markdown)
+from cotlab.evaluation.figures import report_figures
 from cotlab.stage import mlflow_params, stage_main
 
 
@@ -10,13 +13,23 @@ from cotlab.stage import mlflow_params, stage_main
 def main(params):
     cfg = params.section("compare", CompareConfig)
     with tracking.stage_run("compare", mlflow_params(params)):
-        optional = optional_models(*(params.tasks_of(s) for s in ("codi", "markovian", "transplant")))
+        systems = {s: params.tasks_of(s) for s in ("codi", "markovian", "transplant")}
+        optional = optional_models(systems["codi"], systems["markovian"], systems["transplant"])
         table = load_predictions("eval", params.tasks, optional=optional)
         result = compare(table, cfg.reference, cfg.bootstrap_resamples, cfg.confidence, params.seed, cfg.ablations)
         pairs = compare_pairs(table, cfg.pairs, cfg.bootstrap_resamples, cfg.confidence, params.seed)
         verified = verification(table, TRANSPLANT_MODELS, cfg.bootstrap_resamples, cfg.confidence, params.seed)
         write_json("metrics/compare.json", {**result, "pairs": pairs, "transplant": verified})
-        report = write_markdown("reports/compare.md", result, cfg.reference, pairs, verified)
+        for system, summary in summaries(result, cfg.headline, cfg.bootstrap_resamples, cfg.confidence, params.seed,
+                                         table, verified).items():
+            write_json(f"metrics/summary/{system}.json", summary)
+        trained = {"sft": params.tasks, "cot_distill": params.tasks, "dpo": params.tasks,
+                   "codi": systems["codi"], "cot_sft": systems["codi"], "markovian": systems["markovian"],
+                   "non_markovian": systems["markovian"],
+                   **{variant: systems["transplant"] for variant in TRANSPLANT_MODELS}}
+        figures = report_figures(result, "plots/train", "reports/figures", trained)
+        report = write_markdown("reports/compare.md", result, cfg.reference, pairs, verified,
+                                [(title, f"figures/{name}") for title, name in figures])
         write_accuracy_plot(result, "plots/compare/accuracy.csv")
         tracking.log_metrics({f"{t}.{m}.{k}": v for t, ms in result.items() for m, r in ms.items() for k, v in r.items()})
     print(report)

@@ -39,10 +39,12 @@ def main(params, task):
             for p, r, v in zip(pairs, responses, verdicts)])
         write_json(f"metrics/judge/{task}.json", metrics)
         tracking.log_metrics(metrics)
-    if not pairs:
-        # Not an error: a student that writes no questions is a finding. But a NaN win rate must not pass unseen.
-        print(f"judge@{task}: WARNING nothing to compare: questions in {metrics['challenger_question_rate']:.0%} of "
-              f"the challenger's drafts and {metrics['incumbent_question_rate']:.0%} of the base student's "
+    if not metrics["n_decided"]:
+        # Not an error: a student that writes no questions is a finding. But an undefined win rate must not pass
+        # unseen.
+        print(f"judge@{task}: WARNING nothing decided ({metrics['n_compared']} compared): questions in "
+              f"{metrics['challenger_question_rate']:.0%} of the challenger's drafts and "
+              f"{metrics['incumbent_question_rate']:.0%} of the base student's "
               f"(data/drafts/{task}/test.jsonl); the win rate is undefined. Longer drafts "
               f"(drafts.max_new_tokens, now {drafts_cfg.max_new_tokens}) may reach the Questions line.",
               file=sys.stderr)

@@ -16,20 +16,22 @@ def main(params, name):
         raise ConfigError(f"dpo.rounds: no round named {name!r} (defined: {sorted(cfg.rounds)})")
     start = cfg.rounds[name].start
     summary = {}
-    for task in cfg.tasks:  # one MLflow run per task: each trains its own model
-        with tracking.stage_run(f"self_guided@{name}-{task}", mlflow_params(params), method=name, task=task):
-            out = run_round(params, task, BASE_MODEL, model_dir(start, task), model_dir(name, task),
-                            read_examples(f"{filtered_dir(task)}/train.jsonl"),
-                            read_examples(f"{data_dir(task)}/test.jsonl"), max_new_tokens(params, "cot"))
-            for part in ("drafts_train", "drafts_test", "pairs"):
-                write_jsonl(f"data/rounds/{name}/{task}/{part}.jsonl", out[part])
-            write_csv(f"plots/train/{name}/{task}.csv", out["curve"])
-            write_jsonl(f"eval/{name}/{task}/predictions.jsonl", out["predictions"])
-            summary[task] = result = {"start": start, **out["summary"]}
-            tracking.log_metrics({"accuracy": result["eval"]["accuracy"], "train_loss": result["train"]["train_loss"],
-                                  "drafts_parse_rate": result["drafts_train"]["parse_rate"]})
-        print(f"self_guided@{name} on {task}: drafts parse rate {result['drafts_train']['parse_rate']}, "
-              f"{result['pairs']['n_pairs']} pairs, accuracy {result['eval']['accuracy']:.3f}")
+    with tracking.stage_run(f"self_guided@{name}", mlflow_params(params), method=name):
+        for task in cfg.tasks:
+            with tracking.child_run(task, task=task):  # a nested run per task: each trains its own model
+                out = run_round(params, task, BASE_MODEL, model_dir(start, task), model_dir(name, task),
+                                read_examples(f"{filtered_dir(task)}/train.jsonl"),
+                                read_examples(f"{data_dir(task)}/test.jsonl"), max_new_tokens(params, "cot"))
+                for part in ("drafts_train", "drafts_test", "pairs"):
+                    write_jsonl(f"data/rounds/{name}/{task}/{part}.jsonl", out[part])
+                write_csv(f"plots/train/{name}/{task}.csv", out["curve"])
+                write_jsonl(f"eval/{name}/{task}/predictions.jsonl", out["predictions"])
+                summary[task] = result = {"start": start, **out["summary"]}
+                tracking.log_metrics({"accuracy": result["eval"]["accuracy"],
+                                      "train_loss": result["train"]["train_loss"],
+                                      "drafts_parse_rate": result["drafts_train"]["parse_rate"]})
+            print(f"self_guided@{name} on {task}: drafts parse rate {result['drafts_train']['parse_rate']}, "
+                  f"{result['pairs']['n_pairs']} pairs, accuracy {result['eval']['accuracy']:.3f}")
     write_json(f"metrics/rounds/{name}.json", summary)
 
 

@@ -19,7 +19,7 @@ EXEMPT = {
 # Lower layers first: a module may import from its own layer or those before it, never from a later one.
 LAYERS = [
     {"cotlab", "cotlab.errors", "cotlab.progress", "cotlab.config", "cotlab.schema", "cotlab.answers"},
-    {"cotlab.prompts", "cotlab.formats", "cotlab.models", "cotlab.tracking"},
+    {"cotlab.prompts", "cotlab.formats", "cotlab.models", "cotlab.tracking", "cotlab.hub"},
     {"cotlab.data", "cotlab.evaluation", "cotlab.teacher"},
     {"cotlab.methods", "cotlab.selfimprove"},
     {"cotlab.stage", "cotlab.sections"},

@@ -70,6 +70,63 @@ def test_verification_pairs_the_verdict_against_following_the_argument():
     assert "## Transplant verification" in report and "| svamp | transplant | 40 | 95.0 |" in report
 
 
+def test_each_system_gets_a_headline_summary_without_nan():
+    """metrics/summary/<system>.json: the headline differences in points, the effects in full, the accuracies; a
+    comparison whose side was not evaluated is null, never NaN (DVC and JSON readers choke on NaN)."""
+    import json
+
+    from cotlab.evaluation.compare import summaries
+
+    argument_correct = [True] * 30 + [True] * 10
+    checker = [{"id": f"q{i}", "correct": i < 38, "argument_correct": a, "follows_argument": a == (i < 38)}
+               for i, a in enumerate(argument_correct)]
+    table = {"t": {"base_zeroshot": _preds([False] * 40 + [True] * 20),
+                   "dpo": _preds([True] * 30 + [False] * 10 + [True] * 20)},
+             "pr": {"codi": _preds([True] * 10), "base_fewshot_cot": _preds([False] * 10)},
+             "svamp": {"transplant": checker}}
+    result = compare(table, "base_zeroshot", 200, 0.95, seed=0)
+    verified = verification(table, ("transplant",), 200, 0.95, seed=0)
+    headline = {"dpo_t": "dpo@t vs base_zeroshot@t", "codi_fewshot": "codi@pr vs base_fewshot_cot@pr",
+                "markovian_vs_base": "markovian@arith vs markovian_base@arith"}
+    out = summaries(result, headline, 200, 0.95, 0, table, verified)
+    assert set(out) == {"self_improving", "codi", "markovian", "transplant"}
+    assert out["self_improving"]["pp"] == {"dpo_t": 50.0}
+    assert out["self_improving"]["effects"]["dpo_t"]["mcnemar_p"] < 1e-6
+    assert set(out["self_improving"]["accuracy"]["t"]) == {"base_zeroshot", "dpo"}
+    assert out["codi"]["pp"] == {"codi_fewshot": 100.0} and set(out["codi"]["accuracy"]["pr"]) == {
+        "codi", "base_fewshot_cot"}
+    assert out["markovian"]["pp"] == {"markovian_vs_base": None}  # not evaluated: null, and said so
+    assert out["markovian"]["effects"]["markovian_vs_base"]["missing"] == ["markovian@arith", "markovian_base@arith"]
+    assert out["transplant"]["effects"]["transplant_vs_argument@svamp"]["diff"] == pytest.approx(-0.05)
+    assert verified["svamp"]["transplant"]["accuracy_argument_wrong"] is None  # the argument was never wrong
+    json.dumps(out, allow_nan=False)
+    json.dumps(verified, allow_nan=False)
+
+
+def test_the_report_embeds_figures_rendered_offline_and_skips_systems_that_did_not_run(tmp_path):
+    from cotlab.evaluation.figures import report_figures
+    from cotlab.schema import write_csv
+
+    rates = {"invalid_rate": 0.0, "truncation_rate": 0.0}
+    result = {"t": {"base_zeroshot": {"n": 60, "accuracy": 0.5, "accuracy_ci_low": 0.38, "accuracy_ci_high": 0.62,
+                                      **rates},
+                    "sft": {"n": 60, "accuracy": 0.7, "accuracy_ci_low": 0.57, "accuracy_ci_high": 0.8, **rates}}}
+    write_csv(tmp_path / "plots/sft/t.csv", [{"step": s, "epoch": s / 4, "loss": 2 - s / 4} for s in range(1, 5)])
+    write_csv(tmp_path / "plots/codi/t.csv", [{"step": s, "loss": 3.0, "ce_student": 1.0, "ce_teacher": "" if s % 2
+                                               else 0.5, "distill": 0.1} for s in range(1, 5)])  # a part not logged
+    trained = {"sft": ["t"], "codi": ["t"], "markovian": ["arithmetic"], "transplant": ["svamp"]}
+    figures = report_figures(result, tmp_path / "plots", tmp_path / "figures", trained)
+    names = [name for _, name in figures]
+    assert names == ["accuracy.png", "training_loss.png", "codi_loss_parts.png"]  # no Markovian or transplant CSV
+    for name in names:
+        assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = (tmp_path / "figures" / "accuracy.png").read_bytes()
+    report_figures(result, tmp_path / "plots", tmp_path / "figures", trained)
+    assert (tmp_path / "figures" / "accuracy.png").read_bytes() == first  # the same bytes: no timestamp, no version
+    report = markdown(result, "base_zeroshot", figures=[(t, f"figures/{n}") for t, n in figures])
+    assert "## Figures" in report and "![Accuracy per task, with 95% Wilson intervals](figures/accuracy.png)" in report
+
+
 def test_compare_refuses_different_test_sets(tmp_path):
     write_jsonl(tmp_path / "base_zeroshot/t/predictions.jsonl", _preds([True, False]))
     write_jsonl(tmp_path / "sft/t/predictions.jsonl", _preds([True, False], prefix="other"))

@@ -110,6 +110,7 @@ def test_judge_order_is_randomised_and_the_win_rate_counts_the_challenger(exampl
         responses, usage = Teacher(config, cache_dir=tmp_path).run(
             [Request(p["id"], p["messages"], "judge") for p in pairs])
     verdicts = [parse_verdict(r.text) for r in responses]
+    assert win_rate(pairs, [None] * len(pairs))["win_rate"] is None  # nothing decided: undefined, not NaN
     result = win_rate(pairs, verdicts)
     assert result["n_decided"] == len(pairs) and result["judge_picks_first"] == 1.0
     assert result["challenger_wins"] == labels.count("A")

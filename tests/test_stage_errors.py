@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -54,6 +56,34 @@ def test_missing_data_file_and_missing_model(tmp_path):
     shutil.copy(ROOT / "tests" / "data" / "tiny.jsonl", task / "test.jsonl")
     result = run_stage(tmp_path, "evaluate.py", "sft", "strategyqa")
     assert result.returncode == 2 and "models/sft/strategyqa: no manifest.json" in result.stderr
+
+
+def test_an_unreachable_hub_model_fails_at_once_naming_the_key(tmp_path, monkeypatch):
+    """Offline, a Hugging Face id is looked up in offline mode: the error comes at once (it took 56 s of retries),
+    and names model.name. On a machine that reaches the hub, the unknown id fails as fast with the hub's 404."""
+    import huggingface_hub.constants
+
+    from cotlab import hub
+    from cotlab.errors import ModelLoadError
+    from cotlab.models import _load_source
+
+    for name in hub.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)  # restored after the test, whatever offline_unless_reachable sets
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", huggingface_hub.constants.HF_HUB_OFFLINE)
+    import transformers  # noqa: F401 (imported before the clock starts: the import is not the lookup)
+
+    started = time.perf_counter()
+    offline = hub.offline_unless_reachable()
+    with pytest.raises(ModelLoadError, match="model.name: cannot load 'nobody/nothing'"):
+        _load_source("nobody/nothing", None, 0)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 5, f"the hub error took {elapsed:.1f} s (offline: {offline})"
+    if offline:
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.HF_HUB_OFFLINE is True
+    params_with(tmp_path, "model:\n  name: auto", "model:\n  name: nobody/nothing")
+    result = run_stage(tmp_path, "prepare_model.py")
+    assert result.returncode == 2 and "model.name: cannot load 'nobody/nothing'" in result.stderr
+    assert not (tmp_path / "models").exists()
 
 
 def test_filter_names_a_malformed_teacher_row_and_writes_nothing(tmp_path):

@@ -138,6 +138,17 @@ def test_dry_run_sends_nothing_and_estimates(tmp_path):
     assert usage.sent == 0 and len(ResponseCache(tmp_path)) == 0
 
 
+def test_dry_run_needs_no_key(tmp_path, monkeypatch):
+    monkeypatch.delenv(KEY_ENV)
+    with FakeOpenAI() as server:
+        responses, usage = Teacher(config(server, dry_run=True), cache_dir=tmp_path).run(ask("x"))
+        assert server.attempts == []
+        assert {r.status for r in responses} == {"dry_run"} and usage.sent == 0
+        with pytest.raises(ConfigError, match=KEY_ENV):  # the real run still refuses before any request
+            Teacher(config(server), cache_dir=tmp_path)
+        assert server.attempts == []
+
+
 def _talking_tiny_model(tiny_base, out: Path) -> Path:
     """The tiny random Llama with its LM head rewired so that every step emits " Yes" or " No": a random model
     mostly emits whitespace, which the backend rightly reports as empty."""

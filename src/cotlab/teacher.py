@@ -186,7 +186,7 @@ class Teacher:
         self.oracle = oracle
         self._local = None
         self._local_identity: str | None = None
-        if config.backend == "openai":
+        if config.backend == "openai" and not config.dry_run:  # a dry run sends nothing, so it needs no key
             self._api_key()  # fail before any work, not after the first request
         if config.backend == "local" and config.temperature > 0:
             raise ConfigError("teacher.temperature: the local backend decodes greedily; set it to 0")
@@ -323,6 +323,10 @@ class Teacher:
             else:
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+                from cotlab import hub
+
+                if not path.exists():
+                    hub.offline_unless_reachable()  # a hub id offline: the error at once, not after retries
                 try:
                     tokenizer = AutoTokenizer.from_pretrained(self.config.model)
                     model = AutoModelForCausalLM.from_pretrained(self.config.model).eval()

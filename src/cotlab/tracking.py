@@ -1,4 +1,9 @@
-"""MLflow: one run per stage execution, in one SQLite store at the repository root.
+"""MLflow: one run per stage execution, named as DVC names the stage, in one SQLite store at the repository root.
+
+Under `dvc repro` / `dvc exp run` the run name is DVC's own address of the stage (DVC puts it in $DVC_STAGE for
+every command it runs: `eval_base@gsm8k`, `markovian@non_markovian-arithmetic`), so MLflow and `dvc status` can never
+disagree on a name; the script's own name applies only when it runs outside DVC. Every run of one `dvc exp` carries
+its name in the tag `dvc_exp_name` (filter the runs table with `tags.dvc_exp_name = "<exp>"`).
 
 `dvc exp run --queue` and `--temp` execute in a copy of the repository under `.dvc/tmp/exps/`; their runs must
 land in the store of the repository the experiment came from, not in a throwaway copy.
@@ -39,15 +44,32 @@ def git_commit() -> str:
         return "unknown"
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) view, where cotlab's runs are not shown.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def stage_name(fallback: str) -> str:
+    """The DVC address of the stage running this process, or `fallback` outside DVC."""
+    return os.environ.get("DVC_STAGE") or fallback
+
+
+def _set_experiment(mlflow, name: str) -> None:
+    experiment = mlflow.set_experiment(name)
+    if KIND_TAG not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict[str, Any], method: str | None = None, task: str | None = None,
               experiment: str = "cotlab") -> Iterator[Any]:
-    """An MLflow run named after the DVC stage, tagged with commit, DVC experiment, stage, method and task."""
+    """An MLflow run named as DVC names the stage (`stage` outside DVC), tagged with commit, DVC experiment, stage,
+    method and task."""
     import mlflow
 
+    stage = stage_name(stage)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(experiment)
+    _set_experiment(mlflow, experiment)
     tags = {
         "git_commit": git_commit(),
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
@@ -60,6 +82,26 @@ def stage_run(stage: str, params: dict[str, Any], method: str | None = None, tas
         # MLflow caps a param value at 6000 characters; lists of names fit easily.
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
         yield run
+
+
+@contextlib.contextmanager
+def child_run(name: str, **tags: str) -> Iterator[Any]:
+    """A run nested under the active stage run, for a stage that trains several models (self_guided: one per task);
+    the stage stays one run named as DVC names it."""
+    import mlflow
+
+    parent = mlflow.active_run()
+    with mlflow.start_run(run_name=f"{parent.info.run_name}/{name}", nested=True,
+                          tags={**{k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")},
+                                **tags}) as run:
+        yield run
+
+
+def log_text(text: str, name: str) -> None:
+    """A text artifact of the active run (a report the stage also writes to its outs)."""
+    import mlflow
+
+    mlflow.log_text(text, name)
 
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:

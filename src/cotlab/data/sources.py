@@ -351,6 +351,9 @@ def _hub(name, spec, sizes, seed):
     splits = {**splits, **given}
 
     def load(split: str) -> list[Example]:
+        from cotlab import hub
+
+        hub.offline_unless_reachable()  # before datasets reads HF_DATASETS_OFFLINE, at its import
         import datasets
 
         try:

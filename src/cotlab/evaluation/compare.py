@@ -36,13 +36,27 @@ class CompareConfig:
         "transplant@svamp vs no_transplant@svamp",
         "transplant@svamp vs transplant_masked@svamp",
         "transplant_masked@svamp vs no_transplant@svamp"])
+    # short name -> the paired comparison a system is about: metrics/summary/<system>.json's "pp" (the difference
+    # in points). Short, so that `dvc exp show --keep '^pp\.'` fits 120 columns
+    headline: dict[str, str] = field(default_factory=lambda: {
+        "dpo_sqa": "dpo@strategyqa vs base_zeroshot@strategyqa",
+        "dpo_syl": "dpo@syllogism vs base_zeroshot@syllogism",
+        "nodraft_syl": "dpo_no_draft@syllogism vs dpo@syllogism",
+        "universe": "codi@personal_relations vs codi@personal_relations_no_universe",
+        "codi_fs": "codi@personal_relations vs base_fewshot_cot@personal_relations",
+        "markovian": "markovian@arithmetic vs markovian_base@arithmetic",
+        "transplant": "transplant@svamp vs no_transplant@svamp"})
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
 
     def __post_init__(self):
-        for i, pair in enumerate(self.pairs):
+        for key, pair in [(f"pairs[{i}]", p) for i, p in enumerate(self.pairs)] + [
+                (f"headline.{name}", p) for name, p in self.headline.items()]:
             if not re.fullmatch(r"[\w.-]+@[\w.-]+ vs [\w.-]+@[\w.-]+", pair):
-                raise ConfigError(f"pairs[{i}]: {pair!r} is not 'model@task vs model@task'")
+                raise ConfigError(f"{key}: {pair!r} is not 'model@task vs model@task'")
+        for name in self.headline:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ConfigError(f"headline.{name}: a headline needs a short lower-case name (letters, digits, _)")
 
 
 CODI_MODELS = ("codi", "cot_sft", "base_fewshot_cot")  # eval_codi@<task>'s outs
@@ -165,19 +179,22 @@ def verification(table: dict[str, dict[str, list[dict]]], models: tuple[str, ...
                 "accuracy_ci_high": summary["accuracy_ci_high"],
                 "argument_correct_rate": len(right) / n,
                 "follows_argument_rate": sum(p["follows_argument"] for p in preds) / n,
-                "accuracy_argument_right": sum(p["correct"] for p in right) / len(right) if right else float("nan"),
-                "accuracy_argument_wrong": sum(p["correct"] for p in wrong) / len(wrong) if wrong else float("nan"),
+                # None (JSON null), not NaN, where the argument was never right (or never wrong)
+                "accuracy_argument_right": sum(p["correct"] for p in right) / len(right) if right else None,
+                "accuracy_argument_wrong": sum(p["correct"] for p in wrong) / len(wrong) if wrong else None,
                 "diff_vs_argument": d["diff"], "diff_vs_argument_ci_low": d["ci_low"],
                 "diff_vs_argument_ci_high": d["ci_high"], "mcnemar_p_vs_argument": d["mcnemar_p"]}
     return out
 
 
-def _fmt_pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+def _fmt_pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
 
 
 def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
-             verified: dict[str, dict[str, dict]] | None = None) -> str:
+             verified: dict[str, dict[str, dict]] | None = None,
+             figures: list[tuple[str, str]] | None = None) -> str:
+    """The report; `figures` are (title, path relative to the report) of the images it embeds after the tables."""
     lines = [
         "# Comparison",
         "",
@@ -243,17 +260,63 @@ def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
                     f"{_fmt_pct(r['accuracy_argument_right'])} | {_fmt_pct(r['accuracy_argument_wrong'])} | "
                     f"{100 * r['diff_vs_argument']:+.1f} | [{100 * r['diff_vs_argument_ci_low']:+.1f}, "
                     f"{100 * r['diff_vs_argument_ci_high']:+.1f}] | {r['mcnemar_p_vs_argument']:.3g} |")
-    return "\n".join(lines) + "\n"
+    if figures:
+        lines += ["", "## Figures", ""]
+        for title, path in figures:
+            lines += [f"### {title}", "", f"![{title}]({path})", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def write_markdown(path: str | Path, result: dict, reference: str, pairs: dict[str, dict] | None = None,
-                   verified: dict[str, dict[str, dict]] | None = None) -> str:
+                   verified: dict[str, dict[str, dict]] | None = None,
+                   figures: list[tuple[str, str]] | None = None) -> str:
     """Write `markdown`'s report to `path` (making its folder) and return it."""
-    report = markdown(result, reference, pairs, verified)
+    report = markdown(result, reference, pairs, verified, figures)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report)
     return report
+
+
+SYSTEMS = {"codi": CODI_MODELS, "markovian": MARKOVIAN_MODELS, "transplant": TRANSPLANT_MODELS}
+
+
+def system_of(model: str) -> str:
+    """The research system a model belongs to: CODI's, Markovian's, the transplant's, else the self-improving one."""
+    return next((name for name, models in SYSTEMS.items() if model in models), "self_improving")
+
+
+def _points(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 1)
+
+
+def summaries(result: dict, headline: dict[str, str], n_resamples: int, confidence: float, seed: int,
+              table: dict[str, dict[str, list[dict]]], verified: dict[str, dict[str, dict]] | None = None
+              ) -> dict[str, dict]:
+    """metrics/summary/<system>.json: "pp", each headline comparison's difference in points (null when a side was
+    not evaluated); "effects", the same comparisons in full (accuracies, paired bootstrap interval, McNemar p);
+    "accuracy", every model of the system per task with its Wilson interval; for the transplant also the verdict
+    against following the argument. Every system has a file (dvc.yaml declares each)."""
+    out: dict[str, dict] = {name: {"pp": {}, "effects": {}, "accuracy": {}} for name in
+                            ("self_improving", *SYSTEMS)}
+    effects = compare_pairs(table, list(headline.values()), n_resamples, confidence, seed)
+    for name, pair in headline.items():
+        (model, _), _ = parse_pair(pair)
+        system, effect = out[system_of(model)], effects[pair]
+        system["pp"][name] = _points(effect.get("diff"))
+        system["effects"][name] = {"pair": pair, **effect}
+    for task, models in result.items():
+        for model, r in models.items():
+            out[system_of(model)]["accuracy"].setdefault(task, {})[model] = {
+                k: r[k] for k in ("n", "accuracy", "accuracy_ci_low", "accuracy_ci_high")}
+    for task, models in (verified or {}).items():
+        for model, r in models.items():
+            out["transplant"]["effects"][f"{model}_vs_argument@{task}"] = {
+                "n": r["n"], "accuracy": r["accuracy"], "against_accuracy": r["argument_correct_rate"],
+                "diff": r["diff_vs_argument"], "ci_low": r["diff_vs_argument_ci_low"],
+                "ci_high": r["diff_vs_argument_ci_high"], "mcnemar_p": r["mcnemar_p_vs_argument"],
+                "follows_argument_rate": r["follows_argument_rate"]}
+    return out  # every system, evaluated or not: dvc.yaml declares each file
 
 
 def write_accuracy_plot(result: dict, path: str | Path) -> None:

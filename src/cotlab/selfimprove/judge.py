@@ -67,15 +67,16 @@ def parse_verdict(text: str) -> str | None:
 
 
 def win_rate(pairs: Sequence[dict], verdicts: Sequence[str | None], confidence: float = 0.95) -> dict:
-    """Challenger wins / decided comparisons, with a Wilson interval; undecided replies are counted apart."""
+    """Challenger wins / decided comparisons, with a Wilson interval; undecided replies are counted apart. With
+    nothing decided the rates are None (JSON null): undefined, and never a NaN in a metrics file."""
     wins = sum(v == p["challenger_label"] for p, v in zip(pairs, verdicts) if v)
     decided = sum(v is not None for v in verdicts)
-    low, high = wilson_interval(wins, decided, confidence)
+    low, high = wilson_interval(wins, decided, confidence) if decided else (None, None)
     shown_first = [v == "A" for v in verdicts if v]
     return {"n_compared": len(pairs), "n_decided": decided, "undecided": len(pairs) - decided,
-            "challenger_wins": wins, "win_rate": wins / decided if decided else float("nan"),
+            "challenger_wins": wins, "win_rate": wins / decided if decided else None,
             "win_rate_ci_low": low, "win_rate_ci_high": high,
-            "judge_picks_first": sum(shown_first) / len(shown_first) if shown_first else float("nan")}
+            "judge_picks_first": sum(shown_first) / len(shown_first) if shown_first else None}
 
 
 JUDGE_SYSTEM = "You are a strict judge of study questions. You reply with one letter."
