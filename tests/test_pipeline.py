@@ -147,7 +147,7 @@ def test_codi_stages_train_evaluate_latently_probe_and_pair_with_and_without_the
     assert "| 6 |" in (root / "reports/codi_probe/personal_relations/probe.md").read_text()
     stages = {r.data.tags["stage"] for r in runs(root)}
     assert {"codi@personal_relations", "cot_sft@personal_relations", "eval_codi@personal_relations_no_universe",
-            "data@personal_relations"} <= stages
+            "codi_data@personal_relations"} <= stages
 
 
 def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the_base(repo):

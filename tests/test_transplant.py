@@ -2,6 +2,7 @@
 other states change the logits only from the first transplanted token on, gradients reach pass 1 unless detached,
 and the masked ablation leaves no candidate identifier in any argument."""
 import dataclasses
+import json
 import re
 
 import pytest
@@ -203,3 +204,16 @@ def test_layers_the_model_lacks_are_a_config_error(model, tokenizer, rows):
     item = T.build_item(tokenizer, rows["svamp"][0])
     with pytest.raises(ConfigError, match="transplant.layers"):
         T.choice_logits(model, tokenizer, [item], TransplantConfig(layers=[0, 7]))
+
+
+def test_a_rate_over_no_rows_is_null_not_nan():
+    """A small sample where every argument is right has no accuracy-when-the-argument-is-wrong: None (null in the
+    metrics JSON, skipped by MLflow), never NaN."""
+    from cotlab.methods.transplant import summary
+
+    rows = [{"correct": c, "argument_correct": True, "follows_argument": c, "p_correct": 0.8 if c else 0.3}
+            for c in (True, True, False)]
+    metrics = summary(rows)
+    assert metrics["accuracy_argument_wrong"] is None
+    assert metrics["accuracy"] == metrics["accuracy_argument_right"] == 2 / 3
+    assert json.dumps(metrics, allow_nan=False)

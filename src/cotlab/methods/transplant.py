@@ -279,12 +279,13 @@ def predict(model, tokenizer, items: Sequence[ChoiceItem], config: TransplantCon
     return rows
 
 
-def summary(rows: list[dict]) -> dict[str, float]:
-    """Accuracy next to the argument's own correctness rate and how often the verdict follows the argument."""
+def summary(rows: list[dict]) -> dict[str, float | None]:
+    """Accuracy next to the argument's own correctness rate and how often the verdict follows the argument. A rate
+    over no rows (no argument was wrong in a small sample) is None: null in the metrics JSON, never NaN."""
     n = len(rows)
     right = [r for r in rows if r["argument_correct"]]
     wrong = [r for r in rows if not r["argument_correct"]]
-    share = lambda rs, key: sum(r[key] for r in rs) / len(rs) if rs else float("nan")  # noqa: E731
+    share = lambda rs, key: sum(r[key] for r in rs) / len(rs) if rs else None  # noqa: E731
     return {"accuracy": share(rows, "correct"), "argument_correct_rate": share(rows, "argument_correct"),
             "follows_argument_rate": share(rows, "follows_argument"),
             "accuracy_argument_right": share(right, "correct"), "accuracy_argument_wrong": share(wrong, "correct"),
