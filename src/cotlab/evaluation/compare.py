@@ -37,11 +37,11 @@ class CompareConfig:
         "transplant@svamp vs transplant_masked@svamp",
         "transplant_masked@svamp vs no_transplant@svamp"])
     # short name -> the paired comparison a system is about: metrics/summary/<system>.json's "pp" (the difference
-    # in points). Short, so that `dvc exp show --keep '^pp\.'` fits 120 columns
+    # in points). Short and few (the ablations stay in compare.json), so that `dvc exp show --keep '^pp\.'` with an
+    # experiment's name beside them fits 120 columns
     headline: dict[str, str] = field(default_factory=lambda: {
         "dpo_sqa": "dpo@strategyqa vs base_zeroshot@strategyqa",
         "dpo_syl": "dpo@syllogism vs base_zeroshot@syllogism",
-        "nodraft_syl": "dpo_no_draft@syllogism vs dpo@syllogism",
         "universe": "codi@personal_relations vs codi@personal_relations_no_universe",
         "codi_fs": "codi@personal_relations vs base_fewshot_cot@personal_relations",
         "markovian": "markovian@arithmetic vs markovian_base@arithmetic",
