@@ -12,11 +12,6 @@ import csv
 from pathlib import Path
 from typing import Sequence
 
-# One colour per series, fixed by name so that a model keeps its colour across figures (matplotlib's tab10).
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf")
-
-
 def read_curve(path: Path) -> dict[str, list[float]]:
     """A CSV of numbers by column; blank cells (a part not logged at that step) are skipped with their step."""
     with path.open(newline="") as f:
@@ -36,6 +31,13 @@ def _pyplot():
     plt.rcParams.update({"font.size": 9, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                          "axes.spines.right": False, "axes.unicode_minus": False, "figure.dpi": 100})
     return plt
+
+
+def palette() -> tuple:
+    """matplotlib's ten categorical colours (tab10), in order: series i keeps its colour across figures."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab10"].colors
 
 
 def _save(fig, path: Path) -> str:
@@ -60,7 +62,7 @@ def accuracy_figure(result: dict[str, dict[str, dict]], path: Path) -> str:
         acc = [100 * result[task][m]["accuracy"] for m in models]
         low = [a - 100 * result[task][m]["accuracy_ci_low"] for a, m in zip(acc, models)]
         high = [100 * result[task][m]["accuracy_ci_high"] - a for a, m in zip(acc, models)]
-        ax.errorbar(acc, range(len(models)), xerr=[low, high], fmt="o", color=PALETTE[0], ecolor="#555555",
+        ax.errorbar(acc, range(len(models)), xerr=[low, high], fmt="o", color=palette()[0], ecolor="#555555",
                     capsize=3, markersize=4)
         ax.set_yticks(range(len(models)), models)
         ax.set_ylim(-0.6, len(models) - 0.4)
@@ -96,9 +98,10 @@ def lines_figure(panels: Sequence[tuple[str, Sequence[Series], str]], path: Path
     plt = _pyplot()
     rows = (len(drawn) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.2 * rows), squeeze=False)
+    colors = palette()
     for ax, (title, series, ylabel) in zip(axes.flat, drawn):
         for i, (label, pts) in enumerate(series):
-            ax.plot([s for s, _ in pts], [v for _, v in pts], label=label, color=PALETTE[i % len(PALETTE)],
+            ax.plot([s for s, _ in pts], [v for _, v in pts], label=label, color=colors[i % len(colors)],
                     marker="o" if len(pts) < 12 else None, markersize=3)
         ax.set_title(title, loc="left", fontsize=10)
         ax.set_xlabel("step")
