@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install repro test bench lock
+.PHONY: install repro test bench lock gpu-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,3 +49,7 @@ lock:
 	$(LOCKENV)/bin/pip-compile --quiet --extra test --strip-extras --no-emit-index-url --no-emit-find-links \
 		$(LOCK_FLAGS) --output-file constraints.txt pyproject.toml
 	sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' constraints.txt
+
+# On a GPU machine (bare is fine: it installs into .venv-gpu): every training stage for a few steps on the GPU.
+gpu-check:
+	bash scripts/gpu_check.sh

@@ -5,7 +5,7 @@ import time
 
 from cotlab import tracking
 from cotlab.schema import read_examples, write_json, write_jsonl
-from cotlab.models import load_checkpoint
+from cotlab.evaluation.generate import load_generator
 from cotlab.selfimprove.drafts import DraftsConfig, student_drafts
 from cotlab.stage import BASE_MODEL, data_dir, drafts_dir, mlflow_params, stage_main
 
@@ -13,7 +13,7 @@ from cotlab.stage import BASE_MODEL, data_dir, drafts_dir, mlflow_params, stage_
 @stage_main("drafts")
 def main(params, task):
     cfg = params.section("drafts", DraftsConfig)
-    model, tokenizer, _ = load_checkpoint(BASE_MODEL, params.model.device)
+    model, tokenizer, _ = load_generator(BASE_MODEL, params.model.device, params.generation)
     metrics = {}
     with tracking.stage_run(f"drafts@{task}", mlflow_params(params), task=task):
         for split in ("train", "test"):

@@ -6,11 +6,11 @@ CODI: question + <bot>, `codi.inf_latent_iterations` continuous thoughts, <eot>,
 model (projection, added tokens, adapter), so evaluation cannot differ from what was trained."""
 from cotlab import tracking
 from cotlab.schema import read_examples, write_json, write_jsonl
+from cotlab.evaluation.generate import load_generator
 from cotlab.evaluation.run import evaluate, pick_shots, score
 from cotlab.methods import codi
-from cotlab.models import load_checkpoint
 from cotlab.prompts import question_block
-from cotlab.stage import codi_data_dir, max_new_tokens, mlflow_params, model_dir, stage_main
+from cotlab.stage import base_dir, codi_data_dir, max_new_tokens, mlflow_params, model_dir, stage_main
 
 
 def record(name: str, task: str, predictions: list[dict], metrics: dict) -> None:
@@ -37,12 +37,12 @@ def main(params, task):
         record("codi", task, predictions, metrics)
         del model
 
-        model, tokenizer, _ = load_checkpoint(model_dir("cot_sft", task), params.model.device)
+        model, tokenizer, _ = load_generator(model_dir("cot_sft", task), params.model.device, params.generation)
         record("cot_sft", task, *evaluate(model, tokenizer, test, "cot", max_new_tokens(params, "cot"), batch_size,
                                           stop_at_answer=params.evaluate.stop_at_answer, desc="cot_sft"))
         del model
 
-        model, tokenizer, _ = load_checkpoint(model_dir("base", task), params.model.device)
+        model, tokenizer, _ = load_generator(base_dir("codi"), params.model.device, params.generation)  # CODI's base
         shots = pick_shots(read_examples(f"{codi_data_dir(task)}/train.jsonl"), params.evaluate.few_shot, params.seed)
         record("base_fewshot_cot", task, *evaluate(model, tokenizer, test, "cot", max_new_tokens(params, "cot"),
                                                    batch_size, shots, stop_at_answer=params.evaluate.stop_at_answer,

@@ -7,8 +7,8 @@ under the draft ablations (no draft, another question's draft, no reasoning), on
 """
 from cotlab import tracking
 from cotlab.schema import read_examples, write_json, write_jsonl
+from cotlab.evaluation.generate import load_generator
 from cotlab.evaluation.run import evaluate, pick_shots
-from cotlab.models import load_checkpoint
 from cotlab.selfimprove.ablations import ABLATIONS, ablation_inputs
 from cotlab.selfimprove.drafts import drafts_for
 from cotlab.stage import data_dir, drafts_dir, max_new_tokens, mlflow_params, model_dir, stage_main
@@ -18,7 +18,7 @@ from cotlab.stage import data_dir, drafts_dir, max_new_tokens, mlflow_params, mo
 def main(params, method, task):
     test = read_examples(f"{data_dir(task)}/test.jsonl")
     batch_size = params.evaluate.batch_size or params.sizes.eval_batch_size
-    model, tokenizer, manifest = load_checkpoint(model_dir(method, task), params.model.device)
+    model, tokenizer, manifest = load_generator(model_dir(method, task), params.model.device, params.generation)
     template = "direct" if method == "base" else manifest["prompt"]["template"]
     # name -> (few-shot exemplars, drafts shown, answer prefill)
     if method == "base":

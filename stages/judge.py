@@ -5,7 +5,7 @@ import sys
 
 from cotlab import tracking
 from cotlab.schema import read_examples, read_jsonl, write_json, write_jsonl
-from cotlab.models import load_checkpoint
+from cotlab.evaluation.generate import load_generator
 from cotlab.selfimprove.drafts import DraftsConfig, student_drafts
 from cotlab.selfimprove.judge import JudgeConfig, asked_questions, judge_pairs, parse_verdict, win_rate
 from cotlab.stage import data_dir, drafts_dir, mlflow_params, model_dir, stage_main
@@ -19,7 +19,8 @@ def main(params, task):
     test = read_examples(f"{data_dir(task)}/test.jsonl")
     incumbent = {row["id"]: asked_questions(row) for row in read_jsonl(f"{drafts_dir(task)}/test.jsonl")}
     with tracking.stage_run(f"judge@{task}", mlflow_params(params), task=task):
-        model, tokenizer, _ = load_checkpoint(model_dir(cfg.challenger, task), params.model.device)
+        model, tokenizer, _ = load_generator(model_dir(cfg.challenger, task), params.model.device,
+                                             params.generation)
         drafts, draft_metrics = student_drafts(model, tokenizer, test, drafts_cfg.max_new_tokens,
                                                drafts_cfg.batch_size or params.sizes.eval_batch_size,
                                                drafts_cfg.stop_after_questions)

@@ -9,10 +9,11 @@ import tempfile
 from dataclasses import asdict, replace
 
 from cotlab import tracking
+from cotlab.distributed import is_main_process
 from cotlab.schema import read_examples, write_csv, write_json
 from cotlab.methods import markovian
 from cotlab.models import load_for_training, resolve_device, save_adapter
-from cotlab.stage import BASE_MODEL, markovian_data_dir, mlflow_params, model_dir, stage_main
+from cotlab.stage import base_dir, markovian_data_dir, mlflow_params, model_dir, stage_main
 
 VARIANTS = {"markovian": True, "non_markovian": False}
 
@@ -22,21 +23,24 @@ def held_out(test, n: int, seed: int):
     return random.Random(f"{seed}-markovian-eval").sample(test, min(n, len(test)))
 
 
-@stage_main("markovian")
+@stage_main("markovian", trains=True)
 def main(params, task, variant="markovian"):
     config = replace(params.section("markovian", markovian.MarkovianConfig), markovian=VARIANTS[variant])
     train = read_examples(f"{markovian_data_dir(task)}/train.jsonl")
     test = read_examples(f"{markovian_data_dir(task)}/test.jsonl")
     with tracking.stage_run(f"markovian@{variant}-{task}", mlflow_params(params), method=variant, task=task), \
             tempfile.TemporaryDirectory(prefix="cotlab-markovian-") as scratch:
-        model, tokenizer, base_manifest = load_for_training(BASE_MODEL, resolve_device(params.model.device), "none",
+        base = base_dir("markovian")
+        model, tokenizer, base_manifest = load_for_training(base, resolve_device(params.model.device), "none",
                                                             asdict(config.lora), None)
-        sampler = markovian.make_sampler(config.sampler, model, tokenizer, BASE_MODEL, scratch)
+        sampler = markovian.make_sampler(params.generation, model, tokenizer, base, scratch)
         metrics, curve, eval_curve = markovian.train(
             model, tokenizer, train, held_out(test, config.n_eval, params.seed), config,
             f"checkpoints/{variant}/{task}", sampler, params.sizes.eval_batch_size, seed=params.seed,
             base_fingerprint=base_manifest["fingerprint"])
-        save_adapter(model, tokenizer, model_dir(variant, task), BASE_MODEL, variant, "markovian", "none",
+        if not is_main_process():  # under accelerate every process trains; the main one writes
+            return
+        save_adapter(model, tokenizer, model_dir(variant, task), base, variant, "markovian", "none",
                      {**asdict(config), "seed": params.seed, "task": task},
                      extra={"markovian": asdict(config), "task": task})
         write_csv(f"plots/train/{variant}/{task}.csv", curve)

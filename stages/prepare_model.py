@@ -1,20 +1,24 @@
-"""Stage prepare_model: the base model as safetensors + tokenizer + manifest under models/base/."""
+"""Stage prepare_model: the shared base model (model.name) as safetensors + tokenizer + manifest under models/base/.
+Stage prepare_system_model@<system> (`python stages/prepare_model.py <system>`, for codi, markovian, transplant): that
+system's base under models/base_<system>/, from `<system>.model`, or the shared model when it is null."""
 import os
 
 from cotlab import hub, tracking
 from cotlab.models import EMBEDDED, TINY, prepare_base
-from cotlab.stage import BASE_MODEL, mlflow_params, stage_main
+from cotlab.stage import base_dir, mlflow_params, stage_main
 
 
 @stage_main("prepare_model")
-def main(params):
-    name = params.model_name()
+def main(params, system=None):
+    name, key = params.model_source(system)
+    out = base_dir(system)
     if name not in (EMBEDDED, TINY) and not os.path.exists(name):
         hub.offline_unless_reachable()  # a Hugging Face id: offline, fail at once rather than after retries
-    with tracking.stage_run("prepare_model", mlflow_params(params), method="base"):
-        manifest = prepare_base(name, BASE_MODEL, params.model.dtype, params.model.device, params.seed)
+    stage = "prepare_model" if system is None else f"prepare_system_model@{system}"
+    with tracking.stage_run(stage, mlflow_params(params), method="base"):
+        manifest = prepare_base(name, out, params.model.dtype, params.model.device, params.seed, key=key)
         tracking.log_metrics({"n_parameters": manifest["n_parameters"]})
-    print(f"prepare_model: {manifest['base_model']['name']} ({manifest['n_parameters']:,} parameters) -> {BASE_MODEL}")
+    print(f"{stage}: {manifest['base_model']['name']} ({manifest['n_parameters']:,} parameters, {key}) -> {out}")
 
 
 if __name__ == "__main__":

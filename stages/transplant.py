@@ -8,10 +8,11 @@ test predictions (eval/<variant>/<task>) that compare pairs."""
 from dataclasses import asdict, replace
 
 from cotlab import tracking
+from cotlab.distributed import is_main_process
 from cotlab.schema import read_jsonl, write_csv, write_json, write_jsonl
 from cotlab.methods import transplant
 from cotlab.models import load_for_training, resolve_device, save_adapter
-from cotlab.stage import BASE_MODEL, candidates_dir, mlflow_params, model_dir, stage_main
+from cotlab.stage import base_dir, candidates_dir, mlflow_params, model_dir, stage_main
 
 VARIANTS = {"transplant": {"masked": False, "transplant": True},
             "transplant_masked": {"masked": True, "transplant": True},
@@ -24,21 +25,23 @@ def progress(row: dict) -> None:
         f"followed {row[f'{split}_follows_argument_rate']:.3f})" for split in ("train", "test")), flush=True)
 
 
-@stage_main("transplant")
+@stage_main("transplant", trains=True)
 def main(params, task, variant="transplant"):
     config = replace(params.section("transplant", transplant.TransplantConfig), **VARIANTS[variant])
     batch_size = params.evaluate.batch_size or params.sizes.eval_batch_size
     with tracking.stage_run(f"transplant@{variant}-{task}", mlflow_params(params), method=variant, task=task):
-        model, tokenizer, _ = load_for_training(BASE_MODEL, resolve_device(params.model.device), "none",
+        model, tokenizer, _ = load_for_training(base_dir("transplant"), resolve_device(params.model.device), "none",
                                                 asdict(config.lora), None)
         items = {split: [transplant.build_item(tokenizer, row, config.masked)
                          for row in read_jsonl(f"{candidates_dir(task)}/{split}.jsonl")] for split in ("train", "test")}
         curve_items = transplant.curve_sample(items, config.n_curve, params.seed)
         metrics, curve, curves = transplant.train(model, tokenizer, items["train"], curve_items, config, params.seed,
                                                   batch_size, on_point=progress)
+        if not is_main_process():  # under accelerate every process trains; the main one evaluates and writes
+            return
         predictions = transplant.predict(model, tokenizer, items["test"], config, batch_size)
         final = transplant.final_metrics(predictions)
-        save_adapter(model, tokenizer, model_dir(variant, task), BASE_MODEL, variant, "transplant", "none",
+        save_adapter(model, tokenizer, model_dir(variant, task), base_dir("transplant"), variant, "transplant", "none",
                      {**asdict(config), "seed": params.seed, "task": task},
                      extra={"transplant": asdict(config), "task": task})
         write_csv(f"plots/train/{variant}/{task}.csv", curve)

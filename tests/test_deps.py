@@ -22,7 +22,7 @@ LAYERS = [
     {"cotlab.prompts", "cotlab.formats", "cotlab.models", "cotlab.tracking", "cotlab.hub"},
     {"cotlab.data", "cotlab.evaluation", "cotlab.teacher"},
     {"cotlab.methods", "cotlab.selfimprove"},
-    {"cotlab.stage", "cotlab.sections"},
+    {"cotlab.stage", "cotlab.sections", "cotlab.presets"},
 ]
 
 

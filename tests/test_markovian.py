@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import LORA
-from cotlab.config import ConfigError
+from cotlab.config import ConfigError, GenerationConfig
 from cotlab.schema import Example
 from cotlab.methods import markovian as M
 
@@ -115,9 +115,9 @@ def test_sampler_gives_exactly_cot_length_tokens_even_when_eos_is_likely(actor):
     finally:
         hook.remove()
     assert cots.shape == (6, 7)
-    assert M.make_sampler("auto", model, tokenizer, "unused", "unused").__class__ is M.TransformersSampler
-    with pytest.raises(ConfigError, match="markovian.sampler"):
-        M.make_sampler("vllm", model, tokenizer, "unused", "unused")
+    assert M.make_sampler(GenerationConfig(), model, tokenizer, "unused", "unused").__class__ is M.TransformersSampler
+    with pytest.raises(ConfigError, match="generation.backend"):
+        M.make_sampler(GenerationConfig(backend="vllm"), model, tokenizer, "unused", "unused")
 
 
 def test_repetition_share():

@@ -298,24 +298,35 @@ def test_temp_and_queued_experiments_land_in_the_same_store(repo):
     root = repo["root"]
     # Phase C's learning rate: DPO, its evaluations, attribution, judge and the round re-run; earlier stages do not.
     sh(root, "dvc", "exp", "run", "--temp", "-S", "dpo.lr=1e-4")
+    # Two queued experiments run at once (two workers), writing to the one SQLite store in parallel.
     sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=3e-4")
-    sh(root, "dvc", "queue", "start", "-j", "1")
-    deadline = time.time() + 600
+    sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=5e-4")
+    sh(root, "dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 900
     while time.time() < deadline:
         status = sh(root, "dvc", "queue", "status")
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(5)
-    assert "Success" in status, status
+    assert status.count("Success") == 2, status
     lrs = {r.data.params.get("dpo.lr") for r in runs(root) if r.data.tags.get("stage") == "dpo@strategyqa"}
-    assert {"0.0001", "0.0003"} <= lrs
+    assert {"0.0001", "0.0003", "0.0005"} <= lrs
     assert {r.data.params.get("dpo.lr") for r in runs(root) if r.data.tags.get("stage") == "sft@strategyqa"} == {"5e-05"}
-    names = {r.data.tags["dvc_exp_name"] for r in runs(root) if r.data.params.get("dpo.lr") in ("0.0001", "0.0003")}
-    assert "workspace" not in names and len(names) == 2
+    queued = {"0.0003", "0.0005"}
+    by_exp: dict[str, set[str]] = {}
+    for r in runs(root):
+        if r.data.params.get("dpo.lr") in queued and r.data.tags["dvc_exp_name"] != "workspace":
+            by_exp.setdefault(r.data.tags["dvc_exp_name"], set()).add(r.info.run_name)
+    assert len(by_exp) == 2
+    # Every stage each queued experiment re-ran has its run (the two experiments re-ran the same stages).
+    first, second = by_exp.values()
+    assert first == second and {"dpo@strategyqa", "eval_dpo@strategyqa"} <= first
+    names = {r.data.tags["dvc_exp_name"] for r in runs(root) if r.data.params.get("dpo.lr") in ("0.0001", *queued)}
+    assert "workspace" not in names and len(names) == 3
     assert not list(root.glob(".dvc/tmp/exps/**/mlflow.db"))
     shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
     text = json.dumps(shown)
-    assert "0.0001" in text and "0.0003" in text
+    assert "0.0001" in text and "0.0003" in text and "0.0005" in text
 
 
 # Every training stage, with the checkpoint it writes and its metrics file.

@@ -1,4 +1,6 @@
 """MLflow: one run per stage, tagged and with flattened params, step metrics from the Trainer callback."""
+import os
+
 import mlflow
 import pytest
 
@@ -41,3 +43,35 @@ def test_stage_run_tags_params_and_trainer_step_metrics(tmp_path, monkeypatch, t
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == list(range(1, 7))  # one point per optimizer step
     assert stored.data.metrics["accuracy"] == pytest.approx(0.5)
+
+
+RACE = """
+import sys
+from cotlab import tracking
+with tracking.stage_run(sys.argv[1], {"p": 1}, method="m", task="t"):
+    for step in range(20):
+        tracking.log_metrics({"x": step}, step=step)
+"""
+
+
+def test_parallel_stages_opening_a_fresh_store_all_land_in_one_experiment(tmp_path):
+    """What `dvc queue start -j N` does to the store: N stages create it at the same moment. Without the lock in
+    tracking._set_experiment most of them fail on the schema migration."""
+    import subprocess
+    import sys
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    env.pop("DVC_STAGE", None)
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, f"stage{i}"], env=env, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
+    client = mlflow.MlflowClient(uri)
+    experiments = [e for e in client.search_experiments() if e.name == "cotlab"]
+    assert len(experiments) == 1
+    runs = client.search_runs([experiments[0].experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"stage{i}" for i in range(4)]
+    assert all(len(client.get_metric_history(r.info.run_id, "x")) == 20 for r in runs)

@@ -44,6 +44,24 @@ class ModelConfig:
 
 
 @dataclass
+class ComputeConfig:
+    """How training stages run: one process, or `num_processes` under `accelerate launch` (DDP by default; FSDP,
+    DeepSpeed or several machines through an accelerate config file). On CPU the processes use the gloo backend."""
+
+    num_processes: int = 1  # > 1: every training stage runs under `accelerate launch` (one process per GPU)
+    accelerate_config: str | None = None  # a file written by `accelerate config --config_file F`; None = plain DDP
+    main_process_port: int | None = None  # None = a free port per stage run (queued experiments never collide)
+
+
+@dataclass
+class GenerationConfig:
+    """The one generation backend of drafts, evaluation and Markovian sampling."""
+
+    backend: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vLLM when installed and the model is on CUDA
+    gpu_memory_utilization: float = 0.3  # vllm: the share of GPU memory vLLM may take (a trained model shares it)
+
+
+@dataclass
 class LoraParams:
     r: int = 16
     alpha: int = 32
@@ -76,6 +94,8 @@ class Params:
     task_specs: dict[str, dict[str, Any]]
     model: ModelConfig = field(default_factory=ModelConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     sections: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,8 +131,18 @@ class Params:
         parse_params: stages that only need the list, such as compare, need not import the system's code."""
         return list(self.sections[system]["tasks"])
 
-    def model_name(self) -> str:
-        return self.sizes.model if self.model.name == "auto" else self.model.name
+    def model_name(self, system: str | None = None) -> str:
+        return self.model_source(system)[0]
+
+    def model_source(self, system: str | None = None) -> tuple[str, str]:
+        """(the model a base folder is prepared from, the param that names it). The shared base (system None, and
+        a system whose `<system>.model` is null): `model.name`, whose auto is the scale's model. A system of SYSTEMS
+        with a model of its own: `<system>.model` (prepare_system_model@<system> writes it to models/base_<system>)."""
+        if system is not None:
+            own = _system_model(self.sections, system)
+            if own is not None:
+                return own, f"{system}.model"
+        return (self.sizes.model if self.model.name == "auto" else self.model.name), "model.name"
 
     def as_dict(self) -> dict[str, Any]:
         """Every param as params.yaml nests them (for MLflow)."""
@@ -179,6 +209,9 @@ _RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "max_kl": (lambda v: v > 0, "> 0"),
     "max_repetition": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "n_curve": (lambda v: v >= 1, ">= 1"),
+    "num_processes": (lambda v: v >= 1, ">= 1"),
+    "main_process_port": (lambda v: v is None or 1024 <= v < 65536, "a port in [1024, 65536) or null"),
+    "gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
 
 
@@ -271,7 +304,8 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
 STAGE_ARGUMENTS = {"markovian": ("markovian",), "transplant": ("masked", "transplant")}
 
 
-# The systems that run on tasks of their own: dvc.yaml's foreach lists, so params.yaml must give them.
+# The systems that run on tasks of their own: dvc.yaml's foreach lists, so params.yaml must give them. Each may also
+# take a base model of its own (`<system>.model`; null = the shared one), in models/base_<system>.
 SYSTEMS = ("codi", "markovian", "transplant")
 
 
@@ -280,6 +314,18 @@ def _system_tasks(sections: dict[str, Any], system: str) -> list[str]:
     if value is None:
         raise ConfigError(f"{system}.tasks: required param is missing (dvc.yaml's {system} stages run on it)")
     return _coerce(value, list[str], f"{system}.tasks")
+
+
+def _system_model(sections: dict[str, Any], system: str) -> str | None:
+    """`<system>.model`: null (the shared base) or the system's own model (embedded | tiny-random | a Hugging Face id
+    | a local path)."""
+    if system not in SYSTEMS:
+        raise ConfigError(f"{system}: not a system with a base model of its own ({', '.join(SYSTEMS)})")
+    value = _coerce((sections.get(system) or {}).get("model"), str | None, f"{system}.model")
+    if value in ("auto", ""):
+        raise ConfigError(f"{system}.model: {value!r}; null is the shared base (model.name, whose auto is the scale's "
+                          "model), or name the system's own: embedded | tiny-random | a Hugging Face id | a local path")
+    return value
 
 
 def parse_params(data: dict[str, Any]) -> Params:
@@ -304,6 +350,8 @@ def parse_params(data: dict[str, Any]) -> Params:
         for name in names:
             if name not in params.task_specs:
                 raise ConfigError(f"{key}: {name!r} has no entry under task_specs (defined: {sorted(params.task_specs)})")
+    for system in SYSTEMS:
+        _system_model(sections, system)
     for name in ("tiny", "demo", "full"):
         if name not in params.scales:
             raise ConfigError(f"scales.{name}: required scale is missing")

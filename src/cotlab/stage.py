@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cotlab.config import ConfigError, Params, flatten, load_params
+from cotlab import distributed
+from cotlab.config import SYSTEMS, ConfigError, Params, flatten, load_params
 from cotlab.schema import DataError
 from cotlab.errors import ModelLoadError, TrainingDivergedError
 from cotlab.progress import quiet_bars_in_logs
@@ -19,6 +20,18 @@ from cotlab.progress import quiet_bars_in_logs
 KNOWN_FAILURES = (ConfigError, DataError, ModelLoadError, TrainingDivergedError)
 
 BASE_MODEL = "models/base"
+
+
+def base_dir(system: str | None = None) -> str:
+    """The base model folder a system's stages read. None (the self-improving system): models/base, written by
+    prepare_model from model.name. codi, markovian, transplant: models/base_<system>, written by
+    prepare_system_model@<system> from `<system>.model` (or, when null, the shared model), so one system's model
+    never changes another's outputs."""
+    if system is None:
+        return BASE_MODEL
+    if system not in SYSTEMS:
+        raise ValueError(f"{system!r}: not a system with a base model of its own ({', '.join(SYSTEMS)})")
+    return f"{BASE_MODEL}_{system}"
 
 
 def data_dir(task: str) -> str:
@@ -114,9 +127,11 @@ def remove_partial_outputs(argv: list[str], started: float) -> list[str]:
     return removed
 
 
-def stage_main(name: str) -> Callable:
+def stage_main(name: str, trains: bool = False) -> Callable:
     """Run a stage's main(); a known failure becomes one paragraph on stderr and exit status 2. Any failure
-    (an error, Ctrl-C) first removes what the run had written of the stage's outputs."""
+    (an error, Ctrl-C) first removes what the run had written of the stage's outputs. A training stage (`trains`)
+    with compute.num_processes > 1 runs its main() in that many processes under `accelerate launch`
+    (cotlab.distributed); this process waits for them and cleans up if they fail."""
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -126,13 +141,20 @@ def stage_main(name: str) -> Callable:
             quiet_bars_in_logs()
             try:
                 params = load_params("params.yaml")
-                seed_everything(params.seed)
-                fn(params, *sys.argv[1:])
+                if trains and params.compute.num_processes > 1 and not distributed.launched():
+                    status = distributed.relaunch(params.compute, sys.argv)
+                    if status:
+                        raise SystemExit(status)
+                else:
+                    distributed.pin_device()
+                    seed_everything(params.seed)  # the same seed in every process: adapters start alike
+                    fn(params, *sys.argv[1:])
             except BaseException as e:
                 if isinstance(e, SystemExit) and not e.code:
                     raise
                 try:
-                    removed = remove_partial_outputs(sys.argv, started_wall)
+                    # Under accelerate the launching process cleans up, once every process has stopped.
+                    removed = [] if distributed.launched() else remove_partial_outputs(sys.argv, started_wall)
                 except Exception as cleanup_error:  # never hide the stage's own error behind the cleanup's
                     print(f"cotlab: stage {stage}: could not remove its partial outputs: {cleanup_error!r}",
                           file=sys.stderr)
@@ -145,7 +167,8 @@ def stage_main(name: str) -> Callable:
                     print(textwrap.fill(message, width=110), file=sys.stderr)
                     sys.exit(2)
                 raise
-            print(f"cotlab: {stage} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+            if distributed.is_main_process():
+                print(f"cotlab: {stage} done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
         return run
 

@@ -17,6 +17,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from cotlab.distributed import is_main_process
+
 _EXPS_MARKER = os.sep + os.path.join(".dvc", "tmp", "exps") + os.sep
 
 
@@ -54,9 +56,20 @@ def stage_name(fallback: str) -> str:
 
 
 def _set_experiment(mlflow, name: str) -> None:
-    experiment = mlflow.set_experiment(name)
-    if KIND_TAG not in experiment.tags:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
+    """The store and the experiment, created under a lock: stages of parallel experiments (`dvc queue start -j 2`)
+    that open a fresh SQLite store at once otherwise race on its schema migration and on the experiment's creation
+    (measured: 3 of 4 processes failed). Writes to an existing store need no lock (SQLite serialises them)."""
+    uri = tracking_uri()
+    lock = contextlib.nullcontext()
+    if uri.startswith("sqlite:///"):
+        from filelock import FileLock
+
+        lock = FileLock(uri.removeprefix("sqlite:///") + ".lock", timeout=300)
+    with lock:
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.set_experiment(name)
+        if KIND_TAG not in experiment.tags:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND)
 
 
 @contextlib.contextmanager
@@ -66,9 +79,11 @@ def stage_run(stage: str, params: dict[str, Any], method: str | None = None, tas
     method and task."""
     import mlflow
 
+    if not is_main_process():  # under accelerate, the main process alone logs the stage
+        yield None
+        return
     stage = stage_name(stage)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    mlflow.set_tracking_uri(tracking_uri())
     _set_experiment(mlflow, experiment)
     tags = {
         "git_commit": git_commit(),
@@ -90,6 +105,9 @@ def child_run(name: str, **tags: str) -> Iterator[Any]:
     the stage stays one run named as DVC names it."""
     import mlflow
 
+    if not is_main_process():
+        yield None
+        return
     parent = mlflow.active_run()
     with mlflow.start_run(run_name=f"{parent.info.run_name}/{name}", nested=True,
                           tags={**{k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")},
@@ -101,12 +119,15 @@ def log_text(text: str, name: str) -> None:
     """A text artifact of the active run (a report the stage also writes to its outs)."""
     import mlflow
 
-    mlflow.log_text(text, name)
+    if is_main_process():
+        mlflow.log_text(text, name)
 
 
 def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
     import mlflow
 
+    if not is_main_process():
+        return
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numeric:
         mlflow.log_metrics(numeric, step=step)

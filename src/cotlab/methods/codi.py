@@ -50,6 +50,10 @@ class CODIConfig:
     (docs/codi_reference_notes.md) except where the embedded scale needs otherwise."""
 
     tasks: list[str] = field(default_factory=lambda: ["personal_relations", "personal_relations_no_universe", "gsm8k"])
+    # CODI's own base model (prepare_system_model@codi -> models/base_codi, read by codi, cot_sft, eval_codi and
+    # codi_probe): None = the shared one (model.name, whose auto is the scale's model); else embedded | tiny-random |
+    # a Hugging Face id (the reference: meta-llama/Llama-3.2-1B-Instruct) | a local path
+    model: str | None = None
     num_latent: int = 6  # continuous thoughts in training (the paper's 6)
     inf_latent_iterations: int = 6  # continuous thoughts at inference
     use_prj: bool = True  # the projection prj between a thought's hidden state and the next input embedding

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from cotlab.config import ConfigError
+from cotlab.distributed import is_main_process
 
 
 @dataclass
@@ -289,7 +290,8 @@ def train_checkpoint(params, task: str, base_dir: str, start_dir: str, pairs: li
     model, tokenizer, _ = load_for_training(base_dir, resolve_device(params.model.device), "none", asdict(lora),
                                             start_dir)
     model, metrics, curve = train(model, tokenizer, pairs, config, **run, report_to=["mlflow"])
-    save_adapter(model, tokenizer, out_dir, base_dir, "dpo", "cot", "none",
-                 params={**asdict(config), **run, "task": task}, extra={"task": task, "init_from": start_dir},
-                 with_draft=True)
+    if is_main_process():  # under accelerate every process trains; the main one writes
+        save_adapter(model, tokenizer, out_dir, base_dir, "dpo", "cot", "none",
+                     params={**asdict(config), **run, "task": task}, extra={"task": task, "init_from": start_dir},
+                     with_draft=True)
     return metrics, curve

@@ -40,9 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from cotlab.config import ConfigError, LoraParams
+from cotlab.distributed import Processes, is_main_process
 from cotlab.errors import TrainingDivergedError
 from cotlab.schema import Example
 from cotlab.answers import extract_answer, is_correct
+from cotlab.evaluation.generate import lora_request, resolve_backend, vllm_engine
+from cotlab.models import read_manifest
 from cotlab.progress import progress
 from cotlab.prompts import display_answer, question_block
 
@@ -63,6 +66,10 @@ class MarkovianConfig:
     smaller ones."""
 
     tasks: list[str] = field(default_factory=lambda: ["arithmetic"])
+    # The actor's own base model (prepare_system_model@markovian -> models/base_markovian, read by markovian and
+    # eval_markovian): None = the shared one (model.name, whose auto is the scale's model); else embedded |
+    # tiny-random | a Hugging Face id (the reference: meta-llama/Llama-3.1-8B-Instruct) | a local path
+    model: str | None = None
     # false: the reward prompt shows the question (the ablation). Set by the stage's variant (dvc.yaml's matrix),
     # never in params.yaml
     markovian: bool = True
@@ -88,7 +95,6 @@ class MarkovianConfig:
     save_every: int = 8  # steps between checkpoints (checkpoints/<variant>/<task>: a killed run resumes there)
     collapse: CollapseLimits = field(default_factory=CollapseLimits)
     n_eval: int = 24  # held-out test questions evaluated during training
-    sampler: Literal["auto", "transformers", "vllm"] = "auto"  # auto: vLLM when installed and on CUDA
     lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
 
     def __post_init__(self):
@@ -230,47 +236,39 @@ class TransformersSampler:
 
 class VLLMSampler:
     """vLLM on CUDA, the same interface: the current adapter is saved and handed to vLLM as a LoRARequest at each call
-    (the base weights stay in vLLM; only the adapter moves)."""
+    (the base weights stay in vLLM; only the adapter moves). `engine`: a vllm.LLM on the base (tests pass a fake)."""
 
-    def __init__(self, model, tokenizer, base_path: str, scratch: str):
-        from vllm import LLM
-
-        self.model, self.tokenizer, self.scratch, self.version = model, tokenizer, Path(scratch), 0
-        rank = model.peft_config["default"].r
-        self.llm = LLM(model=str(base_path), enable_lora=True, max_lora_rank=max(rank, 8), gpu_memory_utilization=0.3,
-                       seed=0)
+    def __init__(self, model, tokenizer, base_path: str, scratch: str, gpu_memory_utilization: float = 0.3,
+                 engine=None):
+        self.model, self.tokenizer, self.scratch, self.saved = model, tokenizer, Path(scratch), 0
+        if engine is None:
+            engine = vllm_engine(base_path, gpu_memory_utilization, read_manifest(base_path).get("dtype"),
+                                 model.peft_config["default"].r)
+        self.engine = engine
 
     def sample(self, prompts, n, length, temperature, adapter: bool = True) -> torch.Tensor:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
 
         request = None
         if adapter:
-            self.version += 1
-            path = self.scratch / f"adapter-{self.version}"
+            self.saved += 1
+            path = self.scratch / f"adapter-{self.saved}"
             self.model.save_pretrained(path)
-            request = LoRARequest(f"actor-{self.version}", self.version, str(path))
+            request = lora_request(path)  # a new id each time: vLLM would keep serving an adapter it has cached
         params = SamplingParams(n=n, temperature=temperature, top_k=-1, top_p=1.0, max_tokens=length,
                                 min_tokens=length, ignore_eos=True)
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                    lora_request=request, use_tqdm=False)
+        outputs = self.engine.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                                       lora_request=request, use_tqdm=False)
         rows = [list(o.token_ids) for out in outputs for o in out.outputs]
         return torch.tensor(rows, device=next(self.model.parameters()).device)
 
 
-def make_sampler(backend: str, model, tokenizer, base_path: str, scratch: str):
-    """auto: vLLM when it is installed and the model is on CUDA, transformers otherwise."""
-    import importlib.util
-
-    on_cuda = next(model.parameters()).is_cuda
-    has_vllm = importlib.util.find_spec("vllm") is not None
-    if backend == "vllm" and not (has_vllm and on_cuda):
-
-        raise ConfigError(f"markovian.sampler: 'vllm' needs the vllm package and a CUDA device (vllm installed: "
-                          f"{has_vllm}, model on CUDA: {on_cuda}); use auto or transformers")
-    if backend == "vllm" or (backend == "auto" and has_vllm and on_cuda):
-        return VLLMSampler(model, tokenizer, base_path, scratch)
+def make_sampler(generation, model, tokenizer, base_path: str, scratch: str):
+    """By `generation` (params.generation): vLLM under backend vllm, or auto when it is installed and the model is on
+    CUDA; transformers otherwise."""
+    if resolve_backend(generation.backend, next(model.parameters()).is_cuda) == "vllm":
+        return VLLMSampler(model, tokenizer, base_path, scratch, generation.gpu_memory_utilization)
     return TransformersSampler(model, tokenizer)
 
 
@@ -380,9 +378,11 @@ def per_cot_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.T
     return pg, loss
 
 
-def masked_mean(per_cot: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The mean over the kept CoTs (0 when none is kept); dropped CoTs carry no gradient."""
-    return (per_cot * keep).sum() / keep.sum().clamp(min=1)
+def masked_mean(per_cot: torch.Tensor, keep: torch.Tensor, n_kept: torch.Tensor | float | None = None) -> torch.Tensor:
+    """The mean over the kept CoTs (0 when none is kept); dropped CoTs carry no gradient. `n_kept`: the kept CoTs of
+    every process (under accelerate each process's part of the sum, over the total)."""
+    n_kept = keep.sum() if n_kept is None else torch.as_tensor(n_kept, dtype=keep.dtype, device=keep.device)
+    return (per_cot * keep).sum() / n_kept.clamp(min=1)
 
 
 def _guard(name: str, value: float, limit: float, key: str) -> None:
@@ -400,11 +400,16 @@ def frozen_baseline(actor, tokenizer, sampler, examples: Sequence[Example], conf
 
 
 def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: MarkovianConfig, optimizer,
-            baselines: dict[str, float], state: dict) -> dict[str, float]:
+            baselines: dict[str, float], state: dict, processes: Processes | None = None) -> dict[str, float]:
     """Sample a group of CoTs per question, score them, update the actor (`ppo_epochs` times with PPO); returns the
     step's monitors, with each update's own under "updates". Raises CollapseError before an update when a monitor
-    passes its limit."""
+    passes its limit. Under accelerate `examples` are this process's share of the step's questions: the monitors,
+    the guard, the EMA and expert iteration's history are taken over every process's CoTs, and the loss is the
+    mean over every kept CoT (each process's sum over the kept total; gradients summed)."""
     import time
+
+    processes = processes or Processes()
+    mean = processes.reduce  # over every process's equal share
 
     G, L, pad = config.group_size, config.cot_length, tokenizer.pad_token_id
     limits = config.collapse
@@ -412,7 +417,7 @@ def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: Mark
     prompts = [cot_prompt_ids(tokenizer, ex, L) for ex in examples]
     cots = sampler.sample(prompts, G, L, config.temperature)  # rows grouped by question
     t_sample = time.perf_counter() - t0
-    repetition = sum(repetition_share(c) > 0.5 for c in cots.tolist()) / cots.size(0)
+    repetition = mean(sum(repetition_share(c) > 0.5 for c in cots.tolist()) / cots.size(0))
     _guard("repetition", repetition, limits.max_repetition, "max_repetition")
 
     t0 = time.perf_counter()
@@ -432,17 +437,18 @@ def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: Mark
             baselines.update(zip([ex.id for ex in missing], frozen_baseline(actor, tokenizer, sampler, missing, config)))
         b = torch.tensor([baselines[ex.id] for ex in examples for _ in range(G)], device=r.device)
     else:
-        ema = state["ema"] if state["ema"] is not None else float(r.mean())
+        ema = state["ema"] if state["ema"] is not None else mean(float(r.mean()))
         b = torch.full_like(r, ema)
-        state["ema"] = config.ema_decay * ema + (1 - config.ema_decay) * float(r.mean())
+        state["ema"] = config.ema_decay * ema + (1 - config.ema_decay) * mean(float(r.mean()))
     normalized = r - b
     advantages = group_advantages(normalized, G)
     keep = torch.ones_like(r)
     if config.expert_iteration is not None:
         warm = len(state["history"]) >= config.expert_iteration_warmup * r.numel()
         keep = expert_iteration_keep(normalized, state["history"], config.expert_iteration, warm)
-        state["history"].extend(normalized.tolist())
-    skipped = not bool(keep.any())
+        state["history"].extend(processes.gather(normalized).tolist())
+    n_kept = processes.reduce(keep.sum(), "sum")
+    skipped = not bool(n_kept > 0)
     t_score = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -455,35 +461,40 @@ def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: Mark
             r_actor = answer_logprob(actor, rows, pad)
         pg_i, loss_i = per_cot_loss(scores.logp, old_logp, advantages, scores.kl, config,
                                     r_actor if actor_scores else None)
-        pg, loss = masked_mean(pg_i, keep), masked_mean(loss_i, keep)
+        pg, loss = masked_mean(pg_i, keep, n_kept), masked_mean(loss_i, keep, n_kept)
         kl = scores.kl.mean()  # the monitor: over every CoT, kept or not
         observed = (scores.logp - old_logp).exp().detach()
-        update = {"ppo_ratio_mean": float(observed.mean()), "ppo_ratio_max": float(observed.max()),
-                  "clip_fraction": float(((observed - 1).abs() > config.ppo_epsilon).float().mean()),
-                  "kl": float(kl.detach()), "entropy": float(scores.entropy.mean()), "pg_loss": float(pg.detach()),
-                  "loss": float(loss.detach()), "skipped": float(skipped), "grad_norm": 0.0}
+        update = {"ppo_ratio_mean": mean(float(observed.mean())),
+                  "ppo_ratio_max": processes.reduce(float(observed.max()), "max"),
+                  "clip_fraction": mean(float(((observed - 1).abs() > config.ppo_epsilon).float().mean())),
+                  "kl": mean(float(kl.detach())), "entropy": mean(float(scores.entropy.mean())),
+                  "pg_loss": processes.reduce(float(pg.detach()), "sum"),
+                  "loss": processes.reduce(float(loss.detach()), "sum"), "skipped": float(skipped), "grad_norm": 0.0}
         # The guard runs before the skip: a step that updates nothing is still checked (a NaN in l_i, kept or
         # not, makes the masked loss NaN).
         _guard("PPO ratio", update["ppo_ratio_max"], limits.max_ppo_ratio, "max_ppo_ratio")
         _guard("KL(actor || frozen)", update["kl"], limits.max_kl, "max_kl")
-        if not torch.isfinite(loss):
-            raise CollapseError(f"the loss is {float(loss)}")
+        if not math.isfinite(update["loss"]):
+            raise CollapseError(f"the loss is {update['loss']}")
         updates.append(update)
         if skipped:  # no CoT passed the threshold: no backward, no optimizer step (the reference's update_model)
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        processes.reduce_gradients([p for p in actor.parameters() if p.requires_grad], "sum")
         update["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(
             [p for p in actor.parameters() if p.requires_grad], config.max_grad_norm))
         optimizer.step()
     t_update = time.perf_counter() - t0
-    mean = lambda k: sum(u[k] for u in updates) / len(updates)  # noqa: E731
-    return {"answer_logprob": float(r.mean()), "baseline": float(b.mean()), "reward": float(normalized.mean()),
-            "advantage_std": float(normalized.view(-1, G).std(-1).mean()) if G > 1 else 0.0,
-            "ppo_ratio_mean": mean("ppo_ratio_mean"), "ppo_ratio_max": max(u["ppo_ratio_max"] for u in updates),
-            "clip_fraction": mean("clip_fraction"), "kl": updates[0]["kl"], "entropy": updates[0]["entropy"],
-            "repetition": repetition, "kept": float(keep.mean()), "skipped": float(skipped), "pg_loss": mean("pg_loss"),
-            "loss": mean("loss"), "grad_norm": mean("grad_norm"), "t_sample": t_sample, "t_score": t_score,
+    over_updates = lambda k: sum(u[k] for u in updates) / len(updates)  # noqa: E731
+    return {"answer_logprob": mean(float(r.mean())), "baseline": mean(float(b.mean())),
+            "reward": mean(float(normalized.mean())),
+            "advantage_std": mean(float(normalized.view(-1, G).std(-1).mean())) if G > 1 else 0.0,
+            "ppo_ratio_mean": over_updates("ppo_ratio_mean"), "ppo_ratio_max": max(u["ppo_ratio_max"] for u in updates),
+            "clip_fraction": over_updates("clip_fraction"), "kl": updates[0]["kl"], "entropy": updates[0]["entropy"],
+            "repetition": repetition, "kept": mean(float(keep.mean())), "skipped": float(skipped),
+            "pg_loss": over_updates("pg_loss"), "loss": over_updates("loss"), "grad_norm": over_updates("grad_norm"),
+            "t_sample": t_sample, "t_score": t_score,
             "t_update": t_update, "updates": updates}
 
 
@@ -598,6 +609,7 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
             row.setdefault("skipped", 0.0)
     answerer_adapter = config.actor_reward_weight > 0
     baselines: dict[str, float] = {}
+    processes = Processes()  # under accelerate: each process samples and scores its share of a step's questions
 
     def evaluate_now(step: int) -> None:
         rows = two_stage(actor, answerer_adapter, tokenizer, eval_examples, config.cot_length, config.markovian,
@@ -612,9 +624,11 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
         step = state["step"] + 1
         if on_step is not None:
             on_step(step, actor)
-        batch = [examples[i] for i in question_order(len(examples), seed, step, config.questions_per_step)]
+        batch = processes.share([examples[i] for i in question_order(len(examples), seed, step,
+                                                                       config.questions_per_step)],
+                                "markovian.questions_per_step")
         try:
-            monitors = rl_step(actor, tokenizer, sampler, batch, config, optimizer, baselines, state)
+            monitors = rl_step(actor, tokenizer, sampler, batch, config, optimizer, baselines, state, processes)
         except CollapseError as e:
             kept = (f"the last good checkpoint, from step {json.loads((checkpoints.latest / 'state.json').read_text())['step']}"
                     f", is kept at {checkpoints.latest}" if checkpoints.latest.exists() else
@@ -628,11 +642,12 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
         bar.update(1)
         monitors.pop("updates")
         state["curve"].append({"step": step, **monitors})
-        log(f"step {step}: answer log-prob {monitors['answer_logprob']:.3f}, reward {monitors['reward']:+.3f}, "
-            f"kl {monitors['kl']:.4f}, entropy {monitors['entropy']:.2f}, repetition {monitors['repetition']:.2f}")
+        if is_main_process():
+            log(f"step {step}: answer log-prob {monitors['answer_logprob']:.3f}, reward {monitors['reward']:+.3f}, "
+                f"kl {monitors['kl']:.4f}, entropy {monitors['entropy']:.2f}, repetition {monitors['repetition']:.2f}")
         if step % config.eval_every == 0 or step == config.steps:
             evaluate_now(step)
-        if step % config.save_every == 0 or step == config.steps:
+        if (step % config.save_every == 0 or step == config.steps) and is_main_process():
             checkpoints.save(actor, optimizer, state)
     bar.close()
     curve, eval_curve = state["curve"], state["eval_curve"]
@@ -642,7 +657,7 @@ def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence
     timing = {k: sum(row[k] for row in curve) for k in ("t_sample", "t_score", "t_update")}
     total = sum(timing.values()) or 1.0
     metrics = {
-        "steps": len(curve), "answer_logprob_first_quarter": sum(values[:quarter]) / quarter,
+        "steps": len(curve), "processes": processes.world, "answer_logprob_first_quarter": sum(values[:quarter]) / quarter,
         "answer_logprob_last_quarter": sum(values[-quarter:]) / quarter,
         "answer_logprob_trend_spearman": float(trend.statistic) if trend else math.nan,
         "answer_logprob_trend_p": float(trend.pvalue) if trend else math.nan,

@@ -11,6 +11,7 @@ loss equals the padded one, see tests/test_methods.py).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import tempfile
 from dataclasses import dataclass, field
@@ -129,6 +130,8 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig, *,
             disable_tqdm=progress_disabled(),
             use_cpu=not on_cuda(model),
             bf16=on_cuda(model) and has_bf16_weights(model),
+            # Liger's fused kernels (RMSNorm, SwiGLU, fused linear cross-entropy) where installed: CUDA only.
+            use_liger_kernel=on_cuda(model) and importlib.util.find_spec("liger_kernel") is not None,
         )
         trainer_class = SFTTrainer if all(w == 1.0 for w in weights) else _weighted_trainer(weights, seed)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -138,6 +141,7 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig, *,
         **data_stats,
         "train_loss": float(result.training_loss),
         "train_steps": int(result.global_step),
+        "processes": int(args.world_size),  # > 1 under accelerate: the batch above is per process
         "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
         "train_samples_per_s": float(result.metrics.get("train_samples_per_second", 0.0)),
         "final_loss": curve.rows[-1]["loss"] if curve.rows else float("nan"),

@@ -22,6 +22,7 @@ dtype, the residual sums and the transplanted states are float64.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import re
 import time
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cotlab.config import ConfigError, LoraParams
+from cotlab.distributed import Processes
 from cotlab.errors import TrainingDivergedError
 from cotlab.schema import DataError
 from cotlab.evaluation.stats import mcnemar_exact, summarize, wilson_interval
@@ -46,6 +48,10 @@ class TransplantConfig:
     transplant@no_transplant-<task>."""
 
     tasks: list[str] = field(default_factory=lambda: ["svamp"])  # candidates@<task> and the transplant stages run on these
+    # The verifier's own base model (prepare_system_model@transplant -> models/base_transplant, read by the transplant
+    # stages): None = the shared one (model.name, whose auto is the scale's model); else embedded | tiny-random | a
+    # Hugging Face id (the source: a LLaMA-7B Alpaca; any 7B instruct model) | a local path
+    model: str | None = None
     # "all", or the decoder layers whose outputs are transplanted (0-based). A layer's output reaches later tokens only
     # through the attention of the layers after it: the last layer alone cannot move the verdict.
     layers: Literal["all"] | list[int] = "all"
@@ -348,29 +354,36 @@ def train(model, tokenizer, items: Sequence[ChoiceItem], curve_items: dict[str, 
 
     curve, eval_curve = [], [point(0)]
     model.train()
+    # Under accelerate each process takes an equal share of every batch and the gradients are averaged, which is
+    # the gradient of the whole batch's mean loss; the curve points are evaluated by every process alike.
+    processes = Processes()
     steps = batches(len(items), config.batch_size, config.steps, seed)
     for step, indices in enumerate(progress(steps, desc="transplant steps", unit="step"), start=1):
         started = time.perf_counter()
-        batch = [items[i] for i in indices]
+        batch = processes.share([items[i] for i in indices], "transplant.batch_size")
         logits = verdict_logits(model, tokenizer, batch, config, identifiers)
         labels = torch.tensor([it.correct for it in batch], device=logits.device)
         loss = F.cross_entropy(logits, labels)
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"transplant: the loss is {loss.item()} at step {step}; lower transplant.lr")
+        batch_loss = processes.reduce(loss.item())
+        if not math.isfinite(batch_loss):
+            raise TrainingDivergedError(f"transplant: the loss is {batch_loss} at step {step}; lower transplant.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        processes.reduce_gradients(trainable)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         verdicts = logits.argmax(-1).tolist()
-        curve.append({"step": step, "loss": loss.item(), "grad_norm": float(grad_norm),
-                      "accuracy": sum(v == it.correct for v, it in zip(verdicts, batch)) / len(batch),
-                      "follows_argument": sum(v == it.argued for v, it in zip(verdicts, batch)) / len(batch),
+        share = lambda hits: processes.reduce(sum(hits) / len(batch))  # noqa: E731
+        curve.append({"step": step, "loss": batch_loss, "grad_norm": float(grad_norm),
+                      "accuracy": share(v == it.correct for v, it in zip(verdicts, batch)),
+                      "follows_argument": share(v == it.argued for v, it in zip(verdicts, batch)),
                       "seconds": time.perf_counter() - started})
         if step % config.eval_every == 0 or step == config.steps:
             eval_curve.append(point(step))
     model.eval()
     quarter = max(1, len(curve) // 4)
-    metrics = {"steps": config.steps, "loss_first_quarter": sum(r["loss"] for r in curve[:quarter]) / quarter,
+    metrics = {"steps": config.steps, "processes": processes.world,
+               "loss_first_quarter": sum(r["loss"] for r in curve[:quarter]) / quarter,
                "loss_last_quarter": sum(r["loss"] for r in curve[-quarter:]) / quarter,
                "train_seconds": sum(r["seconds"] for r in curve),
                **{f"first.{k}": v for k, v in eval_curve[0].items() if k != "step"},

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from cotlab.data.pairs import build_pairs, pair_examples
+from cotlab.evaluation.generate import load_generator
 from cotlab.evaluation.run import evaluate
 from cotlab.methods.dpo import train_checkpoint
-from cotlab.models import load_checkpoint
 from cotlab.schema import Example
 from cotlab.selfimprove.drafts import DraftsConfig, student_drafts
 
@@ -20,7 +20,7 @@ def run_round(params, task: str, base_dir: str, start_dir: str, out_dir: str, fi
     drafts = params.section("drafts", DraftsConfig)
     batch_size = drafts.batch_size or params.sizes.eval_batch_size
     filtered = pair_examples(filtered, params.sizes.n_pairs, params.seed)
-    model, tokenizer, _ = load_checkpoint(start_dir, params.model.device)
+    model, tokenizer, _ = load_generator(start_dir, params.model.device, params.generation)
     unique = list({ex.id: ex for ex in filtered}.values())  # upsampled rows share one draft
     train_rows, train_drafts = student_drafts(model, tokenizer, unique, drafts.max_new_tokens, batch_size,
                                               drafts.stop_after_questions)
@@ -32,7 +32,7 @@ def run_round(params, task: str, base_dir: str, start_dir: str, out_dir: str, fi
                                        for ex in filtered], tokenizer, params.seed)
 
     train_metrics, curve = train_checkpoint(params, task, base_dir, start_dir, pairs, out_dir)
-    model, tokenizer, _ = load_checkpoint(out_dir, params.model.device)
+    model, tokenizer, _ = load_generator(out_dir, params.model.device, params.generation)
     predictions, eval_metrics = evaluate(model, tokenizer, test, "cot", max_new_tokens,
                                          params.evaluate.batch_size or params.sizes.eval_batch_size,
                                          drafts=[row["draft"] for row in test_rows],
