@@ -246,6 +246,11 @@ class CODI(nn.Module):
         return self.lm(input_ids=answer_ids, attention_mask=full_mask, position_ids=positions,
                        past_key_values=past, use_cache=True, output_hidden_states=True)
 
+    def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The Trainer calls the model, not losses(): under DDP only a call through the wrapper's forward
+        # all-reduces the gradients.
+        return self.losses(batch)
+
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.codi_config
         teacher_kwargs = {"input_ids": batch["teacher_ids"], "attention_mask": batch["teacher_mask"],
@@ -360,7 +365,7 @@ def trainer_class():
             self._parts: dict[str, list[float]] = {k: [] for k in LOGGED}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            parts = model.losses(inputs)
+            parts = model(**inputs)
             for k in LOGGED:
                 self._parts[k].append(float(parts[k].detach()))
             return (parts["loss"], parts) if return_outputs else parts["loss"]
