@@ -72,8 +72,8 @@ def scratch_project(dest: Path, settings: dict) -> Path:
     return dest
 
 
-def commands(project: Path) -> list[tuple[str, str]]:
-    """(stage name, command) for TARGETS and what they need, in an order DVC could run them."""
+def commands(project: Path, targets: list[str] = TARGETS) -> list[tuple[str, str]]:
+    """(stage name, command) for `targets` and what they need, in an order DVC could run them."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -81,7 +81,7 @@ def commands(project: Path) -> list[tuple[str, str]]:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         stages = {s.name: s for s in repo.index.stages}
         needed = set()
-        for target in TARGETS:
+        for target in targets:
             needed |= {target} | {s.name for s in nx.descendants(graph, stages[target])}
         order = [s for s in reversed(list(nx.topological_sort(graph))) if s.name in needed]
         return [(s.name, s.cmd) for s in order]
