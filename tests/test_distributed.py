@@ -124,16 +124,29 @@ def test_transplant_in_two_processes_gives_the_weights_of_one_with_the_same_glob
     assert mlflow_run_names(tmp_path / "two") == ["transplant@transplant-svamp"]
 
 
-def test_codi_trains_in_two_processes_through_the_trainer(project, tmp_path):
-    """CODI's Trainer (two passes, teacher and student, in one forward) under DDP: it trains, and one process
-    writes the checkpoint (adapter, projection, token rows) and the run."""
-    run_stage(project, tmp_path, {"codi.epochs": 1, "codi.batch_size": 4, "codi.lora.r": 8, "compute.num_processes": 2},
+def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint's safetensors files (CODI's: the adapter, the projection, the added token rows)."""
+    return {f"{f.name}:{k}": v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def test_codi_in_two_processes_gives_the_weights_of_one_with_the_same_global_batch(project, tmp_path):
+    """CODI's Trainer (teacher and student passes in one forward) under DDP: the gradients are all-reduced only when
+    the Trainer calls the wrapped model's forward, so a loss computed beside it would train each process apart.
+    CODI's loss is a mean over its batch (the distill term divided by the batch's teacher std, as the reference's), so
+    DDP's global batch is the mean of two per-process losses: what one process computes by accumulating the gradients
+    of the same two shares (batch 4 x grad_accum 2), not one batch of 8."""
+    common = {"codi.epochs": 1, "codi.lora.r": 8, "codi.warmup_ratio": 0.0, "codi.logging_steps": 1}
+    out = project / "models" / "codi" / "personal_relations"
+    run_stage(project, tmp_path / "one", {**common, "codi.batch_size": 4, "codi.grad_accum": 2}, "codi.py",
+              "personal_relations")
+    weights_one = checkpoint_weights(out)
+    run_stage(project, tmp_path / "two", {**common, "codi.batch_size": 4, "compute.num_processes": 2},
               "codi.py", "personal_relations")
-    manifest = json.loads((project / "models" / "codi" / "personal_relations" / "manifest.json").read_text())
-    assert manifest["method"] == "codi"
+    assert json.loads((out / "manifest.json").read_text())["method"] == "codi"
     metrics = json.loads((project / "metrics" / "train" / "codi" / "personal_relations.json").read_text())
     assert metrics["train_steps"] == 2  # 16 rows, 4 per process, 2 processes
-    assert mlflow_run_names(tmp_path) == ["codi@personal_relations"]
+    assert_same_weights(weights_one, checkpoint_weights(out))
+    assert mlflow_run_names(tmp_path / "two") == ["codi@personal_relations"]
 
 
 def test_markovian_in_two_processes_splits_the_questions_and_writes_once(project, tmp_path):
