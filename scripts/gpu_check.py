@@ -87,6 +87,16 @@ def commands(project: Path, targets: list[str] = TARGETS) -> list[tuple[str, str
         return [(s.name, s.cmd) for s in order]
 
 
+def run_stage(project: Path, name: str, cmd: str, env: dict) -> tuple[dict, str]:
+    """One stage's command as DVC runs it (cwd = the project, DVC_STAGE set): its report row and its stderr."""
+    started = time.perf_counter()
+    done = subprocess.run(cmd, shell=True, cwd=project, env={**env, "DVC_STAGE": name}, capture_output=True, text=True)
+    row = {"stage": name, "seconds": round(time.perf_counter() - started, 1), "status": done.returncode,
+           "log_tail": (done.stdout + done.stderr).strip().splitlines()[-3:]}
+    print(f"{name}: exit {row['status']} in {row['seconds']} s", flush=True)
+    return row, done.stderr
+
+
 def environment() -> dict:
     import torch
 
@@ -116,16 +126,11 @@ def main(argv: list[str]) -> int:
         stage_env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
                      "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         for name, cmd in commands(project):
-            t0 = time.perf_counter()
-            done = subprocess.run(cmd, shell=True, cwd=project, env={**stage_env, "DVC_STAGE": name},
-                                  capture_output=True, text=True)
-            row = {"stage": name, "seconds": round(time.perf_counter() - t0, 1), "status": done.returncode,
-                   "log_tail": (done.stdout + done.stderr).strip().splitlines()[-3:]}
+            row, stderr = run_stage(project, name, cmd, stage_env)
             report["stages"].append(row)
-            print(f"{name}: exit {row['status']} in {row['seconds']} s", flush=True)
-            if done.returncode:
+            if row["status"]:
                 report["ok"] = False
-                print(done.stderr[-3000:], file=sys.stderr)
+                print(stderr[-3000:], file=sys.stderr)
                 break
         report["metrics"] = {str(p.relative_to(project)): json.loads(p.read_text())
                              for p in sorted((project / "metrics").rglob("*.json"))} if report["ok"] else {}

@@ -29,7 +29,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_check import ROOT, commands, deep_set, scratch_project  # noqa: E402
+from gpu_check import ROOT, commands, deep_set, run_stage, scratch_project  # noqa: E402
 
 LLAMA_CPP = "llama-cpp-python[server]==0.3.36"
 # A portable x86-64 build (AVX2, no AVX-512/AMX): the native build's AMX kernels crash with SIGSEGV in
@@ -90,13 +90,10 @@ def set_params(project: Path, settings: dict) -> None:
 
 
 def run(project: Path, name: str, cmd: str, env: dict) -> dict:
-    started = time.perf_counter()
-    done = subprocess.run(cmd, shell=True, cwd=project, env={**env, "DVC_STAGE": name}, capture_output=True, text=True)
-    row = {"stage": name, "seconds": round(time.perf_counter() - started, 1), "status": done.returncode,
-           "log_tail": (done.stdout + done.stderr).strip().splitlines()[-3:]}
-    print(f"{name}: exit {row['status']} in {row['seconds']} s", flush=True)
-    if done.returncode:
-        raise RuntimeError(f"{name} failed ({cmd}):\n{done.stderr[-3000:]}")
+    """gpu_check's run_stage, stopping the check at the first failure."""
+    row, stderr = run_stage(project, name, cmd, env)
+    if row["status"]:
+        raise RuntimeError(f"{name} failed ({cmd}):\n{stderr[-3000:]}")
     return row
 
 
