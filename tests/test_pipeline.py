@@ -20,10 +20,13 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+def sh_env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_TRACKING_URI": ""}
+
+
 def sh(cwd, *cmd, timeout=600):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": ""}
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=sh_env())
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout + result.stderr
 
@@ -301,8 +304,12 @@ def test_temp_and_queued_experiments_land_in_the_same_store(repo):
     # Two queued experiments run at once (two workers), writing to the one SQLite store in parallel.
     sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=3e-4")
     sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=5e-4")
-    sh(root, "dvc", "queue", "start", "-j", "2")
-    deadline = time.time() + 900
+    # The workers are daemons that inherit the starter's stdout: a captured pipe would stay open until they exit,
+    # and `subprocess.run` would wait on it. They write to a file; the test waits on `dvc queue status` alone.
+    with open(root.parent / "queue_start.log", "w") as log:
+        subprocess.run(("dvc", "queue", "start", "-j", "2"), cwd=root, stdout=log, stderr=subprocess.STDOUT,
+                       stdin=subprocess.DEVNULL, check=True, timeout=120, env=sh_env())
+    deadline = time.time() + 1800  # two DPO re-runs at once beside the other xdist worker: ~5-12 min on 2 cores
     while time.time() < deadline:
         status = sh(root, "dvc", "queue", "status")
         if "Queued" not in status and "Running" not in status:
