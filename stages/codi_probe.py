@@ -1,12 +1,13 @@
 """Stage codi_probe@<task>: what the continuous thoughts carry. For a seeded sample of test questions, the state each
 thought is projected from, read through the LM head as its top-k tokens, next to the gold answer and the reasoning
-the thoughts replace: reports/codi_probe/<task>/probe.md (readable) and probe.jsonl."""
+the thoughts replace: reports/codi_probe/<task>/probe.md (readable) and probe.jsonl; and how often the thoughts'
+top tokens name the reasoning's entities vs another question's (metrics/codi_probe/<task>.json)."""
 import random
 from pathlib import Path
 
 from cotlab import tracking
-from cotlab.schema import read_examples, write_jsonl
-from cotlab.evaluation.probe import ProbeRecord, probe_markdown
+from cotlab.schema import read_examples, write_json, write_jsonl
+from cotlab.evaluation.probe import ProbeRecord, probe_markdown, probe_relevance
 from cotlab.methods import codi
 from cotlab.stage import codi_data_dir, mlflow_params, model_dir, stage_main
 
@@ -24,9 +25,12 @@ def main(params, task):
         report = probe_markdown(task, cfg.probe_top_k, model.codi_config.inf_latent_iterations, records)
         write_jsonl(f"reports/codi_probe/{task}/probe.jsonl", [r.row() for r in records])
         Path(f"reports/codi_probe/{task}/probe.md").write_text(report)
-        tracking.log_metrics({"n_questions": len(records)})
+        metrics = {"n_questions": len(records), **probe_relevance(records)}
+        write_json(f"metrics/codi_probe/{task}.json", metrics)
+        tracking.log_metrics({k: v for k, v in metrics.items() if v is not None})
         tracking.log_text(report, "probe.md")
     print("\n".join(report.split("\n")[:40]))
+    print(f"codi_probe@{task}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ SMALL_SPECS = {
     **{f"rg_{d}": {"source": "reasoning_gym", "dataset": d} for d in RG},
     "pr": {"source": "personal_relations"},
     "pr_closed": {"source": "personal_relations", "universe": False, "hops": [2, 3], "n_people": 10},
+    "lockers": {"source": "lockers"},
 }
 
 
@@ -94,7 +95,7 @@ def test_every_source_deterministic_and_disjoint(name):
     assert not set(ids(a["train"])) & set(ids(a["test"]))
 
 
-@pytest.mark.parametrize("source", VENDORED + ["personal_relations"])
+@pytest.mark.parametrize("source", VENDORED + ["personal_relations", "lockers"])
 def test_no_overlap_full_size(source):
     data = load_task("t", {"source": source}, None, None, 11)
     test_qs = {normalize_question(ex.question) for ex in data["test"]}
@@ -271,3 +272,20 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
         write_jsonl(path, rows())
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
     assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+
+
+def test_lockers_ask_for_one_listed_code():
+    """Markovian's mechanism check: the answer is the asked locker's code, one of the listed codes; the test split
+    does not depend on n_train; bad specs name the key."""
+    data = load_task("lk", {"source": "lockers", "colours": ["red", "blue"], "digits": 3}, 30, 20, 5)
+    for ex in data["train"] + data["test"]:
+        asked = ex.metadata["asked"]
+        assert ex.answer == ex.metadata["codes"][asked] and len(ex.answer) == 3
+        assert f"{asked} {ex.answer}" in ex.question and ex.question.endswith(f"the {asked} locker?")
+    assert {ex.metadata["asked"] for ex in data["test"]} == {"red", "blue"}
+    again = load_task("lk", {"source": "lockers", "colours": ["red", "blue"], "digits": 3}, 5, 20, 5)
+    assert [e.question for e in again["test"]] == [e.question for e in data["test"]]
+    with pytest.raises(ConfigError, match="task_specs.lk.colours"):
+        load_task("lk", {"source": "lockers", "colours": ["red"]}, 2, 2, 0)
+    with pytest.raises(ConfigError, match="task_specs.lk.digits"):
+        load_task("lk", {"source": "lockers", "digits": 0}, 2, 2, 0)

@@ -139,7 +139,7 @@ def test_a_planted_missing_dep_is_named(tmp_path):
     assert "src/cotlab/methods/codi.py" not in missing and "src/cotlab/tracking.py" not in missing
     assert "src/cotlab/schema.py" in missing  # codi.py's own imports are followed
     # And the real dvc.yaml check names the stage: drop one dep of a real stage.
-    name, script, deps = next(s for s in pipeline_stages(ROOT) if s[0] == "codi@gsm8k")
+    name, script, deps = next(s for s in pipeline_stages(ROOT) if s[0] == "codi@personal_relations")
     dropped = next(d for d in deps if d.startswith("src/cotlab/") and d.endswith(".py"))
     assert dropped in uncovered(ROOT, script, [d for d in deps if d != dropped])
 

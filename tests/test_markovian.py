@@ -210,6 +210,7 @@ def test_two_stage_evaluation_rows(actor):
         assert ex.question not in row["answer_prompt"] and "<Redacted>" in row["answer_prompt"]
         assert ex.question in row["prompt"]
         assert row["answer_logprob"] < 0 and {"pred_anchored", "pred_simple", "correct_simple"} <= set(row)
+        assert row["cot_contains_answer"] == M.cot_carries(row["cot"], ex.answer)
     shown = M.two_stage(model, False, tokenizer, arithmetic(1), 5, False, 4, batch_size=2)
     assert arithmetic(1)[0].question in shown[0]["answer_prompt"]
 
@@ -228,3 +229,10 @@ def test_shipped_tasks_give_markovian_rows(tokenizer, task, spec):
     text = tokenizer.decode(row.ids)
     assert ex.question[:40] not in text and not any(choice in text for choice in ex.choices)
     assert tokenizer.decode(row.ids[-row.n_answer:]).strip() == ex.answer
+
+
+def test_cot_carries_the_answer_as_a_whole_word():
+    assert M.cot_carries("The blue locker's code is 4821.", "4821")
+    assert M.cot_carries("4821", "4821") and M.cot_carries("code:4821,", "4821")
+    assert not M.cot_carries("codes 48213 and 14821", "4821")
+    assert not M.cot_carries("about 4821.5", "4821")

@@ -41,7 +41,7 @@ def repo(tmp_path_factory):
     params["tasks"] = ["strategyqa"]
     params["dpo"]["tasks"] = ["strategyqa"]
     params["dpo"]["rounds"] = {"round1": {"start": "dpo"}}
-    params["codi"]["tasks"] = ["personal_relations", "personal_relations_no_universe"]  # gsm8k's pairs: not evaluated
+    params["compare"]["pairs"].append("codi@gsm8k vs cot_sft@gsm8k")  # codi.tasks has no gsm8k: not evaluated
     params["transplant"].update({"steps": 4, "batch_size": 2, "eval_every": 2, "n_curve": 4})
     params["markovian"].update({"steps": 4, "group_size": 4, "cot_length": 8, "answer_tokens": 4, "eval_every": 2,
                                 "save_every": 2, "n_eval": 4})
@@ -144,7 +144,7 @@ def test_codi_stages_train_evaluate_latently_probe_and_pair_with_and_without_the
     report = (root / "reports/compare.md").read_text()
     assert "## Paired comparisons" in report and "not evaluated: codi@gsm8k" in report
     probe = read("reports/codi_probe/personal_relations/probe.jsonl")
-    assert len(probe) == 8 and all(len(row["thoughts"]) == 6 for row in probe)
+    assert len(probe) == 12 and all(len(row["thoughts"]) == 6 for row in probe)  # every test question (12 < 32)
     assert all(len(t["tokens"]) == 5 and t["probs"] == sorted(t["probs"], reverse=True)
                for row in probe for t in row["thoughts"])
     assert "| 6 |" in (root / "reports/codi_probe/personal_relations/probe.md").read_text()
@@ -157,35 +157,36 @@ def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the
     root = repo["root"]
     read = lambda rel: [json.loads(line) for line in (root / rel).read_text().splitlines()]  # noqa: E731
     for variant in ("markovian", "non_markovian"):
-        manifest = json.loads((root / f"models/{variant}/arithmetic/manifest.json").read_text())
+        manifest = json.loads((root / f"models/{variant}/lockers/manifest.json").read_text())
         assert manifest["method"] == variant and manifest["markovian"]["markovian"] == (variant == "markovian")
-        rows = list(csv.DictReader((root / f"plots/train/{variant}/arithmetic.csv").open()))
+        rows = list(csv.DictReader((root / f"plots/train/{variant}/lockers.csv").open()))
         assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
         for key in ("answer_logprob", "reward", "advantage_std", "kl", "entropy", "repetition", "ppo_ratio_mean",
                     "ppo_ratio_max", "clip_fraction", "grad_norm"):
             assert all(math.isfinite(float(r[key])) for r in rows), key
-        evals = list(csv.DictReader((root / f"plots/train/{variant}/arithmetic_eval.csv").open()))
+        evals = list(csv.DictReader((root / f"plots/train/{variant}/lockers_eval.csv").open()))
         assert [int(r["step"]) for r in evals] == [0, 2, 4]
-        state = json.loads((root / f"checkpoints/{variant}/arithmetic/latest/state.json").read_text())
+        state = json.loads((root / f"checkpoints/{variant}/lockers/latest/state.json").read_text())
         assert state["step"] == 4  # the resume point of the next run
-    test = read("data/markovian/arithmetic/test.jsonl")
+    test = read("data/markovian/lockers/test.jsonl")
     for name in ("markovian", "markovian_base", "non_markovian", "non_markovian_base"):
-        predictions = read(f"eval/{name}/arithmetic/predictions.jsonl")
+        predictions = read(f"eval/{name}/lockers/predictions.jsonl")
         assert [p["id"] for p in predictions] == [ex["id"] for ex in test]
         for p, ex in zip(predictions, test):
             assert (ex["question"] in p["answer_prompt"]) == name.startswith("non_markovian")
             assert {"pred_anchored", "pred_simple", "answer_logprob", "cot"} <= set(p)
-        metrics = json.loads((root / f"metrics/eval/{name}/arithmetic.json").read_text())
-        assert {"accuracy_anchored", "accuracy_simple", "answer_logprob"} <= set(metrics)
-    trained = json.loads((root / "metrics/eval/markovian/arithmetic.json").read_text())
+        metrics = json.loads((root / f"metrics/eval/{name}/lockers.json").read_text())
+        assert {"accuracy_anchored", "accuracy_simple", "answer_logprob", "cot_contains_answer"} <= set(metrics)
+        assert metrics["cot_contains_answer"] == sum(p["cot_contains_answer"] for p in predictions) / len(test)
+    trained = json.loads((root / "metrics/eval/markovian/lockers.json").read_text())
     assert 0 <= trained["answer_logprob_vs_base_wilcoxon_p"] <= 1
     assert trained["answer_logprob_vs_base_ci_low"] <= trained["answer_logprob_vs_base"] <= trained[
         "answer_logprob_vs_base_ci_high"]
     pairs = json.loads((root / "metrics/compare.json").read_text())["pairs"]
-    for pair in ("markovian@arithmetic vs markovian_base@arithmetic", "markovian@arithmetic vs non_markovian@arithmetic"):
+    for pair in ("markovian@lockers vs markovian_base@lockers", "markovian@lockers vs non_markovian@lockers"):
         assert pairs[pair]["n"] == len(test) and 0 <= pairs[pair]["mcnemar_p"] <= 1
     stages = {r.data.tags["stage"] for r in runs(root)}
-    expected = {"markovian@markovian-arithmetic", "markovian@non_markovian-arithmetic", "eval_markovian@arithmetic"}
+    expected = {"markovian@markovian-lockers", "markovian@non_markovian-lockers", "eval_markovian@lockers"}
     assert expected <= stages and expected <= dvc_stages(root)  # MLflow names the runs as DVC names the stages
 
 
@@ -343,7 +344,7 @@ TRAINING_STAGES = {
     "dpo": (["dpo.py", "strategyqa"], "dpo/strategyqa"),
     "codi": (["codi.py", "personal_relations"], "codi/personal_relations"),
     "cot_sft": (["train.py", "cot_sft", "personal_relations"], "cot_sft/personal_relations"),
-    "markovian": (["markovian.py", "arithmetic", "markovian"], "markovian/arithmetic"),
+    "markovian": (["markovian.py", "lockers", "markovian"], "markovian/lockers"),
     "transplant": (["transplant.py", "svamp", "transplant"], "transplant/svamp"),
 }
 # Wall-clock figures in the metrics, the one thing a re-run may change (markovian's share_* split its time).

@@ -69,9 +69,10 @@ def test_a_systems_model_reaches_only_its_own_stages(stages, system):
     deps, keys = table[f"prepare_system_model@{system}"]
     assert f"{system}.model" in keys and "model" in keys  # null: the shared model.name, so it must follow it too
     # The model-loading stages of each system, by name (so a renamed stage cannot drop out of the check unseen)
-    loading = {"codi": ["codi@gsm8k", "cot_sft@gsm8k", "eval_codi@gsm8k", "codi_probe@gsm8k"],
-               "markovian": ["markovian@markovian-arithmetic", "markovian@non_markovian-arithmetic",
-                             "eval_markovian@arithmetic"],
+    loading = {"codi": ["codi@personal_relations", "cot_sft@personal_relations", "eval_codi@personal_relations",
+                        "codi_probe@personal_relations"],
+               "markovian": ["markovian@markovian-lockers", "markovian@non_markovian-lockers",
+                             "eval_markovian@lockers"],
                "transplant": ["transplant@transplant-svamp", "transplant@transplant_masked-svamp",
                               "transplant@no_transplant-svamp"]}[system]
     assert all(folder in table[name][0] for name in loading)

@@ -59,3 +59,20 @@ def test_a_row_keeps_the_output_untrimmed_and_leaves_the_reasoning_out():
     assert [r.row() for r in RECORDS][0] == {
         "id": "gsm-1", "question": "Tom has 3 apples and buys 4. How many?", "gold": "7", "output": " 7\n",
         "thoughts": RECORDS[0].thoughts}
+
+
+def test_probe_relevance_counts_the_reasonings_names_against_another_questions():
+    from cotlab.evaluation.probe import probe_relevance
+
+    def record(i, start, middle, answer, top):
+        ex = Example(id=f"pr-{i}", question=f"Who is the boss of the friend of {start}?", answer=answer,
+                     answer_type="name", reasoning=f"The friend of {start} is {middle}. The boss of {middle} is {answer}.")
+        return ProbeRecord(ex, answer, [{"thought": 1, "tokens": top, "probs": [0.5] * len(top)}])
+
+    names = [("Hugo", "Kevin", "Bella"), ("Tina", "Paula", "Oscar"), ("Zoe", "Ivy", "Felix"), ("Umar", "Nina", "Ruben")]
+    on_topic = [record(i, s, m, a, [" " + m[:3], "L", ":"]) for i, (s, m, a) in enumerate(names)]
+    metrics = probe_relevance(on_topic)
+    assert metrics["relevance_n"] == 4 and metrics["relevance_hit_rate"] == 1.0
+    assert metrics["relevance_control_rate"] == 0.0
+    off_topic = [record(i, s, m, a, ["The", " is", "K"]) for i, (s, m, a) in enumerate(names)]
+    assert probe_relevance(off_topic)["relevance_hit_rate"] == 0.0  # a lone letter does not count

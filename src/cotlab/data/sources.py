@@ -1,4 +1,4 @@
-"""Turn every data source (vendored benchmarks, reasoning_gym, the personal_relations generator, the HF hub,
+"""Turn every data source (vendored benchmarks, reasoning_gym, the personal_relations and lockers generators, the HF hub,
 local files) into train/test lists of `Example`.
 
 `load_task` is the only entry point the pipeline needs; the row mappers are public so they can be tested on
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cotlab.config import ConfigError
-from cotlab.data import personal_relations, syllogism
+from cotlab.data import lockers, personal_relations, syllogism
 from cotlab.schema import ANSWER_TYPES, DataError, Example, read_jsonl
 
 BENCHMARKS = Path(__file__).parent / "benchmarks"
@@ -239,6 +239,7 @@ SPEC_KEYS = {
     "aqua": set(),
     "reasoning_gym": {"dataset", "config"},
     "personal_relations": {"universe", "hops", "n_people", "distractors"},
+    "lockers": {"colours", "digits"},
     "hub": {"dataset", "subset", "split", "test_fraction"},
     "local": {"path", "test_path", "test_fraction", "fields", "answer_type"},
 }
@@ -338,6 +339,15 @@ def _personal_relations(name, spec, sizes, seed):
                                        n_people=n_people, distractors=distractors)
 
 
+def _lockers(name, spec, sizes, seed):
+    colours = spec.get("colours", list(lockers.COLOURS))
+    if (not isinstance(colours, (list, tuple)) or len(colours) < 2 or len(set(colours)) != len(colours)
+            or not all(isinstance(c, str) and c.strip() for c in colours)):
+        raise _bad(name, "colours", colours, "must be a list of at least 2 distinct names")
+    digits = _int(name, spec, "digits", 4, 1, 9)
+    return lockers.generate(sizes["train"], sizes["test"], seed, tuple(colours), digits)
+
+
 def _hub(name, spec, sizes, seed):
     dataset = _string(name, spec, "dataset", required=True)
     if dataset not in HUB:
@@ -434,7 +444,8 @@ def _local(name, spec, sizes, seed):
 
 LOADERS = {
     "gsm8k": _vendored_gsm8k, "strategyqa": _vendored_strategyqa, "svamp": _vendored_svamp, "aqua": _vendored_aqua,
-    "reasoning_gym": _reasoning_gym, "personal_relations": _personal_relations, "hub": _hub, "local": _local,
+    "reasoning_gym": _reasoning_gym, "personal_relations": _personal_relations, "lockers": _lockers, "hub": _hub,
+    "local": _local,
 }
 
 
@@ -456,7 +467,7 @@ def load_task(name: str, spec: dict, n_train: int | None, n_test: int | None, se
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise _bad(name, f"n_{split}", n, "must be a non-negative integer or null")
     sizes = {s: GENERATED_DEFAULT[s] if n is None else n for s, n in wanted.items()}
-    if source in ("reasoning_gym", "personal_relations"):
+    if source in ("reasoning_gym", "personal_relations", "lockers"):
         wanted = sizes
     data = LOADERS[source](name, spec, sizes, seed)
 

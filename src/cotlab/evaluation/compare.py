@@ -28,11 +28,9 @@ class CompareConfig:
         "codi@personal_relations vs cot_sft@personal_relations",
         "codi@personal_relations_no_universe vs cot_sft@personal_relations_no_universe",
         "codi@personal_relations vs base_fewshot_cot@personal_relations",
-        "codi@gsm8k vs cot_sft@gsm8k",
-        "codi@gsm8k vs base_fewshot_cot@gsm8k",
-        "markovian@arithmetic vs markovian_base@arithmetic",
-        "non_markovian@arithmetic vs non_markovian_base@arithmetic",
-        "markovian@arithmetic vs non_markovian@arithmetic",
+        "markovian@lockers vs markovian_base@lockers",
+        "non_markovian@lockers vs non_markovian_base@lockers",
+        "markovian@lockers vs non_markovian@lockers",
         "transplant@svamp vs no_transplant@svamp",
         "transplant@svamp vs transplant_masked@svamp",
         "transplant_masked@svamp vs no_transplant@svamp"])
@@ -44,7 +42,7 @@ class CompareConfig:
         "dpo_syl": "dpo@syllogism vs base_zeroshot@syllogism",
         "universe": "codi@personal_relations vs codi@personal_relations_no_universe",
         "codi_fs": "codi@personal_relations vs base_fewshot_cot@personal_relations",
-        "markovian": "markovian@arithmetic vs markovian_base@arithmetic",
+        "markovian": "markovian@lockers vs markovian_base@lockers",
         "transplant": "transplant@svamp vs no_transplant@svamp"})
     bootstrap_resamples: int = 2000
     confidence: float = 0.95

@@ -1,11 +1,14 @@
 """The CODI probe's write-up: for each sampled question, what each continuous thought reads as through the LM head
 (its top-k tokens and their probabilities), next to the gold answer, CODI's output and the reasoning the thoughts
-replace. Text only: the probing itself runs the model (cotlab.methods.codi.probe)."""
+replace, and how often the thoughts name the reasoning's entities. Text only: the probing itself runs the model
+(cotlab.methods.codi.probe)."""
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
+from cotlab.evaluation.stats import mcnemar_exact, wilson_interval
 from cotlab.schema import Example
 
 
@@ -41,3 +44,38 @@ def probe_markdown(task: str, top_k: int, n_thoughts: int, records: list[ProbeRe
                   f"**Reasoning replaced:** {ex.reasoning}", "", "| thought | top tokens |", "|---|---|",
                   *_thought_rows(thoughts), ""]
     return "\n".join(lines)
+
+
+def _entities(example: Example) -> set[str]:
+    """The words the thoughts replace: capitalised words of the reasoning that the question does not show (for
+    personal relations, the intermediate people and the answer)."""
+    shown = set(re.findall(r"\w+", example.question))
+    return {w for w in re.findall(r"\b[A-Z]\w+", example.reasoning) if w not in shown and w != "The"}
+
+
+def _hits(thoughts: list[dict], entities: set[str]) -> bool:
+    """Whether any thought's top tokens start one of the entities (a token of two characters or more, so a lone
+    capital letter does not count)."""
+    tokens = {t.strip() for thought in thoughts for t in thought["tokens"]}
+    return any(len(t) >= 2 and e.startswith(t) for t in tokens for e in entities)
+
+
+def probe_relevance(records: list[ProbeRecord], confidence: float = 0.95) -> dict:
+    """How often the thoughts' top tokens name what the replaced reasoning names (its intermediate entities and the
+    answer), against a control: the same thoughts scored on the next record's entities. Paired per question with an
+    exact McNemar test; task-relevant thoughts hit their own entities more often than another question's."""
+    own, control = [], []
+    for i, record in enumerate(records):
+        mine = _entities(record.example)
+        other = _entities(records[(i + 1) % len(records)].example) - mine
+        if not mine or not other:
+            continue
+        own.append(_hits(record.thoughts, mine))
+        control.append(_hits(record.thoughts, other))
+    n = len(own)
+    if not n:
+        return {"relevance_n": 0, "relevance_hit_rate": None, "relevance_control_rate": None, "relevance_p": None}
+    low, high = wilson_interval(sum(own), n, confidence)
+    return {"relevance_n": n, "relevance_hit_rate": sum(own) / n, "relevance_hit_rate_ci_low": low,
+            "relevance_hit_rate_ci_high": high, "relevance_control_rate": sum(control) / n,
+            "relevance_p": mcnemar_exact(own, control)["p_value"]}

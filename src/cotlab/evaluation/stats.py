@@ -162,6 +162,11 @@ def two_stage_metrics(rows: list[dict], confidence: float = 0.95) -> dict:
     interval = stats.ttest_1samp(logprobs, 0.0).confidence_interval(confidence)
     metrics["answer_logprob_ci_low"], metrics["answer_logprob_ci_high"] = float(interval.low), float(interval.high)
     metrics["cot_repetition_rate"] = sum(r["cot_repetition"] > 0.5 for r in rows) / n
+    if all("cot_contains_answer" in r for r in rows):  # the CoT's information: it spells out the gold answer
+        k = sum(r["cot_contains_answer"] for r in rows)
+        low, high = wilson_interval(k, n, confidence)
+        metrics.update({"cot_contains_answer": k / n, "cot_contains_answer_ci_low": low,
+                        "cot_contains_answer_ci_high": high})
     return metrics
 
 

@@ -49,7 +49,7 @@ class CODIConfig:
     """The `codi` section: CODI and its comparisons, on tasks of their own. Defaults are the reference recipe's
     (docs/codi_reference_notes.md) except where the embedded scale needs otherwise."""
 
-    tasks: list[str] = field(default_factory=lambda: ["personal_relations", "personal_relations_no_universe", "gsm8k"])
+    tasks: list[str] = field(default_factory=lambda: ["personal_relations", "personal_relations_no_universe"])
     # CODI's own base model (prepare_system_model@codi -> models/base_codi, read by codi, cot_sft, eval_codi and
     # codi_probe): None = the shared one (model.name, whose auto is the scale's model); else embedded | tiny-random |
     # a Hugging Face id (the reference: meta-llama/Llama-3.2-1B-Instruct) | a local path
@@ -65,7 +65,7 @@ class CODIConfig:
     distill_loss_type: Literal["smooth_l1", "mse"] = "smooth_l1"
     distill_loss_div_std: bool = True  # divide D by the teacher's std (MSE: by its variance, as the reference)
     lr: float = 8.0e-4
-    epochs: float | None = None  # None = the scale's epochs
+    epochs: float | None = 3  # None = the scale's epochs; 1 epoch on the demo's 96 questions is too few to learn
     batch_size: int = 8
     grad_accum: int = 1
     warmup_ratio: float = 0.03
@@ -77,7 +77,7 @@ class CODIConfig:
     # The reference's LoRA dropout is 0.1 (zhenyi4/codi train.py L135); 0.0 here skips CODI's second teacher pass.
     lora: LoraParams = field(default_factory=lambda: LoraParams(r=128, alpha=32, dropout=0.0))
     max_new_tokens: int = 16  # after <eot>: "The answer is: X"
-    probe_questions: int = 8  # codi_probe: test questions whose thoughts are decoded
+    probe_questions: int = 32  # codi_probe: test questions whose thoughts are decoded and scored
     probe_top_k: int = 5
 
     def __post_init__(self):
