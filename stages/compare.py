@@ -1,4 +1,5 @@
-"""Stage compare: every evaluated model per task, paired against the reference (metrics, report, plot data), one
+"""Stage compare: each system's mechanism checks (metrics/mechanisms.json, the report's first section), every
+evaluated model per task, paired against the reference (metrics, report, plot data), one
 small headline file per research system (metrics/summary/<system>.json), and the report's figures rendered offline
 (reports/figures/*.png, from eval/ and the training curves under plots/train/)."""
 from cotlab import tracking
@@ -6,6 +7,7 @@ from cotlab.schema import write_json
 from cotlab.evaluation.compare import (TRANSPLANT_MODELS, CompareConfig, compare, compare_pairs, load_predictions,
                                       optional_models, summaries, verification, write_accuracy_plot, write_markdown)
 from cotlab.evaluation.figures import report_figures
+from cotlab.evaluation.mechanisms import mechanism_checks, mechanisms_markdown, needed_pairs
 from cotlab.stage import mlflow_params, stage_main
 
 
@@ -19,6 +21,11 @@ def main(params):
         result = compare(table, cfg.reference, cfg.bootstrap_resamples, cfg.confidence, params.seed, cfg.ablations)
         pairs = compare_pairs(table, cfg.pairs, cfg.bootstrap_resamples, cfg.confidence, params.seed)
         verified = verification(table, TRANSPLANT_MODELS, cfg.bootstrap_resamples, cfg.confidence, params.seed)
+        checked = compare_pairs(table, needed_pairs(systems["codi"], systems["markovian"], systems["transplant"]),
+                                cfg.bootstrap_resamples, cfg.confidence, params.seed)
+        mechanisms = mechanism_checks(".", result, checked, verified, table, params.tasks_of("dpo"), systems["codi"],
+                                      systems["markovian"], systems["transplant"])
+        write_json("metrics/mechanisms.json", {f"{r['system']}.{r['check']}": r for r in mechanisms})
         write_json("metrics/compare.json", {**result, "pairs": pairs, "transplant": verified})
         for system, summary in summaries(result, cfg.headline, cfg.bootstrap_resamples, cfg.confidence, params.seed,
                                          table, verified).items():
@@ -29,7 +36,8 @@ def main(params):
                    **{variant: systems["transplant"] for variant in TRANSPLANT_MODELS}}
         figures = report_figures(result, "plots/train", "reports/figures", trained)
         report = write_markdown("reports/compare.md", result, cfg.reference, pairs, verified,
-                                [(title, f"figures/{name}") for title, name in figures])
+                                [(title, f"figures/{name}") for title, name in figures],
+                                mechanisms_markdown(mechanisms))
         write_accuracy_plot(result, "plots/compare/accuracy.csv")
         tracking.log_metrics({f"{t}.{m}.{k}": v for t, ms in result.items() for m, r in ms.items() for k, v in r.items()})
     print(report)

@@ -165,3 +165,41 @@ def test_the_report_is_written_where_asked_and_returned(tmp_path):
     report = write_markdown(tmp_path / "reports/compare.md", result, "base_zeroshot")
     assert report == markdown(result, "base_zeroshot") and report.endswith("|\n")
     assert (tmp_path / "reports/compare.md").read_text() == report
+
+
+def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_path):
+    """A Markovian actor whose CoT carries the code where the base's does not: the check is shown with its McNemar p;
+    the trend comes from the training metrics, with the ablation's beside it; a system whose outputs are absent
+    is a 'not run' row, never a dropped one."""
+    import json
+
+    from cotlab.evaluation.compare import compare_pairs
+    from cotlab.evaluation.mechanisms import mechanism_checks, mechanisms_markdown, needed_pairs
+
+    def rows(correct, carried):
+        return [{"id": f"q{i}", "correct": c, "pred": "1", "gold": "1", "answer_type": "number",
+                 "cot_contains_answer": k} for i, (c, k) in enumerate(zip(correct, carried))]
+
+    n = 30
+    table = {"lockers": {"markovian": rows([True] * 20 + [False] * 10, [True] * 25 + [False] * 5),
+                         "markovian_base": rows([False] * n, [False] * n),
+                         "non_markovian": rows([True] * 15 + [False] * 15, [False] * n),
+                         "non_markovian_base": rows([False] * n, [False] * n)}}
+    for variant, rho, p in (("markovian", 0.6, 0.001), ("non_markovian", 0.1, 0.6)):
+        path = tmp_path / f"metrics/train/{variant}/lockers.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"steps": 24, "answer_logprob_trend_spearman": rho, "answer_logprob_trend_p": p,
+                                    "answer_logprob_first_quarter": -9.0, "answer_logprob_last_quarter": -4.0}))
+    pairs = compare_pairs(table, needed_pairs([], ["lockers"], ["svamp"]), 200, 0.95, 0)
+    checks = mechanism_checks(tmp_path, {}, pairs, {}, table, [], [], ["lockers"], ["svamp"])
+    by = {r["check"]: r for r in checks}
+    assert by["reward trend @lockers"]["shown"] and "rho +0.10" in by["reward trend @lockers"]["ablation"]
+    accuracy = by["two-stage accuracy @lockers"]
+    assert accuracy["shown"] and accuracy["p"] == pytest.approx(2 * 0.5 ** 20)
+    assert "+50.0 pp" in accuracy["ablation"]  # non_markovian vs its base
+    carried = by["CoT carries the answer @lockers"]
+    assert carried["shown"] and "83.3% vs base 0.0%" in carried["effect"] and "0.0%" in carried["ablation"]
+    assert not by["verdict vs the argument @svamp"]["shown"]
+    assert by["verdict vs the argument @svamp"]["effect"].startswith("not run")
+    report = mechanisms_markdown(checks)
+    assert report.startswith("## Mechanism checks") and report.count("\n| markovian |") == 3

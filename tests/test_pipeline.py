@@ -186,6 +186,11 @@ def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the
     for pair in ("markovian@lockers vs markovian_base@lockers", "markovian@lockers vs non_markovian@lockers"):
         assert pairs[pair]["n"] == len(test) and 0 <= pairs[pair]["mcnemar_p"] <= 1
     stages = {r.data.tags["stage"] for r in runs(root)}
+    mechanisms = json.loads((root / "metrics/mechanisms.json").read_text())
+    assert {r["system"] for r in mechanisms.values()} == {"markovian", "codi", "self_improving", "transplant"}
+    carried = mechanisms["markovian.CoT carries the answer @lockers"]
+    assert f"n={len(test)}" in carried["effect"] and 0 <= carried["p"] <= 1
+    assert (root / "reports/compare.md").read_text().startswith("# Comparison\n\n## Mechanism checks")
     expected = {"markovian@markovian-lockers", "markovian@non_markovian-lockers", "eval_markovian@lockers"}
     assert expected <= stages and expected <= dvc_stages(root)  # MLflow names the runs as DVC names the stages
 
@@ -263,7 +268,10 @@ def test_phase_c_and_its_validations(repo):
     assert attribution["criterion_met"] == (attribution["after_dpo"]["draft_share"] >= 0.2)
     assert len(read("attribution/strategyqa/scores.jsonl")) == 6
     judge = json.loads((root / "metrics/judge/strategyqa.json").read_text())
-    assert judge["challenger"] == "dpo" and judge["n_compared"] == len(read("judge/strategyqa/verdicts.jsonl"))
+    verdicts = read("judge/strategyqa/verdicts.jsonl")  # every question judged in both orders
+    assert judge["challenger"] == "dpo" and 2 * judge["n_compared"] == len(verdicts)
+    assert [v["challenger_label"] for v in verdicts] == ["A", "B"] * judge["n_compared"]
+    assert judge["wins"] + judge["losses"] + judge["ties"] == judge["n_compared"]
     assert len(read("judge/strategyqa/challenger_drafts.jsonl")) == len(full)
     rounds = json.loads((root / "metrics/rounds/round1.json").read_text())["strategyqa"]
     assert rounds["start"] == "dpo" and rounds["pairs"]["n_pairs"] == 8 and rounds["eval"]["n"] == len(full)

@@ -191,11 +191,13 @@ def _fmt_pct(x: float | None) -> str:
 
 def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
              verified: dict[str, dict[str, dict]] | None = None,
-             figures: list[tuple[str, str]] | None = None) -> str:
-    """The report; `figures` are (title, path relative to the report) of the images it embeds after the tables."""
+             figures: list[tuple[str, str]] | None = None, mechanisms: str | None = None) -> str:
+    """The report; `figures` are (title, path relative to the report) of the images it embeds after the tables;
+    `mechanisms`, the mechanism checks' section, comes first."""
     lines = [
         "# Comparison",
         "",
+        *([mechanisms.rstrip("\n"), "", "## Accuracy", ""] if mechanisms else []),
         f"Accuracy (flexible extraction) with Wilson 95% intervals; differences are against `{reference}` on the "
         "same questions (paired bootstrap interval, McNemar exact p).",
         "",
@@ -267,9 +269,9 @@ def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
 
 def write_markdown(path: str | Path, result: dict, reference: str, pairs: dict[str, dict] | None = None,
                    verified: dict[str, dict[str, dict]] | None = None,
-                   figures: list[tuple[str, str]] | None = None) -> str:
+                   figures: list[tuple[str, str]] | None = None, mechanisms: str | None = None) -> str:
     """Write `markdown`'s report to `path` (making its folder) and return it."""
-    report = markdown(result, reference, pairs, verified, figures)
+    report = markdown(result, reference, pairs, verified, figures, mechanisms)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report)
