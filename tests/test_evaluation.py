@@ -203,3 +203,24 @@ def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_pa
     assert by["verdict vs the argument @svamp"]["effect"].startswith("not run")
     report = mechanisms_markdown(checks)
     assert report.startswith("## Mechanism checks") and report.count("\n| markovian |") == 3
+
+
+def test_diff_metrics_names_each_difference_and_ignores_wall_clock(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts/diff_metrics.py"
+    for run, (acc, seconds) in {"a": (0.5, 3.0), "b": (0.5, 9.0)}.items():
+        (tmp_path / run / "eval").mkdir(parents=True)
+        (tmp_path / run / "eval/m.json").write_text(json.dumps({"accuracy": acc, "train_runtime": seconds,
+                                                                 "nested": {"share_update": seconds}}))
+    same = subprocess.run([sys.executable, script, tmp_path / "a", tmp_path / "b"], capture_output=True, text=True)
+    assert same.returncode == 0 and "identical: 1 metrics files" in same.stdout
+    (tmp_path / "b/eval/m.json").write_text(json.dumps({"accuracy": 0.6, "train_runtime": 9.0}))
+    (tmp_path / "b/extra.json").write_text("{}")
+    changed = subprocess.run([sys.executable, script, tmp_path / "a", tmp_path / "b"], capture_output=True, text=True)
+    assert changed.returncode == 1
+    assert "eval/m.json: accuracy: 0.5 -> 0.6" in changed.stdout and "extra.json: only in B" in changed.stdout
+    assert "nested.share_update only in A" in changed.stdout  # a key that vanished is a difference, timing or not
