@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scale", default="demo", choices=["tiny", "demo"],
                         help="the students' model (tiny: a random one, whose drafts ask no questions to judge)")
     parser.add_argument("--n-train", type=int, default=32, help="teacher requests (train questions)")
-    parser.add_argument("--n-test", type=int, default=32, help="judge requests at most (test questions)")
+    parser.add_argument("--n-test", type=int, default=32, help="test questions (judged in both orders)")
     parser.add_argument("--max-tokens", type=int, default=150, help="teacher.max_tokens (the seed's: 150)")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-llama", help="the server's virtualenv")
     parser.add_argument("--base-url", help="a server already running: no llama-cpp-python")
@@ -161,7 +161,8 @@ def main(argv: list[str]) -> int:
             "usage.failed", "usage.cache_hits", "usage.completion_tokens", "final_assessment_rate")
     print(json.dumps({"teacher": {k: {f: v.get(f) for f in keep} for k, v in report["teacher"].items()},
                       "teacher_speedup": report["teacher_speedup"],
-                      "judge": {k: report["judge"].get(k) for k in ("seconds", "n_compared", "n_decided", "win_rate",
+                      "judge": {k: report["judge"].get(k) for k in ("seconds", "n_compared", "wins", "losses", "ties",
+                                                                    "win_rate", "position_consistency",
                                                                     "usage.requests", "usage.failed", "usage.wall_s")},
                       "seconds": report["seconds"]}, indent=2))
     return 0

@@ -1,6 +1,8 @@
 """Stage judge@<task>: an LLM judge compares the clarifying questions of the challenger (judge.challenger, Phase C
-by default) with the base student's, question by question, in a seeded random order; the win rate with a Wilson
-95% CI. The judge is any teacher backend (`local` runs offline); prompts and raw verdicts are kept."""
+by default) with the base student's, question by question, in both orders (challenger as A, then as B; MT-Bench's
+practice). Both orders agreeing make a win or a loss, anything else a tie; the win rate (ties as half), the decisive
+win rate with a Wilson 95% CI, a sign test and the judge's position consistency. The judge is any teacher backend
+(`local` runs offline); prompts and raw verdicts of both orders are kept."""
 import sys
 
 from cotlab import tracking
@@ -26,7 +28,7 @@ def main(params, task):
                                                drafts_cfg.stop_after_questions)
         del model
         challenger = {row["id"]: asked_questions(row) for row in drafts}
-        pairs = judge_pairs(test, challenger, incumbent, params.seed)
+        pairs = judge_pairs(test, challenger, incumbent)
         responses, usage = Teacher(cfg).run([Request(p["id"], p["messages"], "judge") for p in pairs])
         verdicts = [parse_verdict(r.text) if r.status == "ok" else None for r in responses]
         metrics = {**win_rate(pairs, verdicts), "challenger": cfg.challenger,
@@ -40,19 +42,26 @@ def main(params, task):
             for p, r, v in zip(pairs, responses, verdicts)])
         write_json(f"metrics/judge/{task}.json", metrics)
         tracking.log_metrics(metrics)
-    if not metrics["n_decided"]:
+    if metrics["n_compared"] and metrics["undecided"] == 2 * metrics["n_compared"]:
+        print(f"judge@{task}: WARNING no reply of the judge names A or B ({metrics['n_compared']} questions, both "
+              f"orders): every question is a tie; see judge/{task}/verdicts.jsonl", file=sys.stderr)
+        return
+    if not metrics["n_compared"]:
         # Not an error: a student that writes no questions is a finding. But an undefined win rate must not pass
         # unseen.
-        print(f"judge@{task}: WARNING nothing decided ({metrics['n_compared']} compared): questions in "
+        print(f"judge@{task}: WARNING nothing compared: questions in "
               f"{metrics['challenger_question_rate']:.0%} of the challenger's drafts and "
               f"{metrics['incumbent_question_rate']:.0%} of the base student's "
               f"(data/drafts/{task}/test.jsonl); the win rate is undefined. Longer drafts "
               f"(drafts.max_new_tokens, now {drafts_cfg.max_new_tokens}) may reach the Questions line.",
               file=sys.stderr)
         return
-    print(f"judge@{task}: {cfg.challenger} wins {metrics['challenger_wins']}/{metrics['n_decided']} "
-          f"({metrics['win_rate']:.3f} [{metrics['win_rate_ci_low']:.3f}, {metrics['win_rate_ci_high']:.3f}]), "
-          f"{metrics['undecided']} undecided of {metrics['n_compared']}")
+    m = {k: "n/a" if v is None else f"{v:.3f}" for k, v in metrics.items() if isinstance(v, float) or v is None}
+    print(f"judge@{task}: {cfg.challenger} vs base on {metrics['n_compared']} questions, both orders: "
+          f"{metrics['wins']} wins, {metrics['losses']} losses, {metrics['ties']} ties "
+          f"({metrics['undecided']} undecided replies); win rate {m['win_rate']}, decisive "
+          f"{m['decisive_win_rate']} [{m['decisive_win_rate_ci_low']}, {m['decisive_win_rate_ci_high']}], sign test p "
+          f"{m['sign_test_p']}, position consistency {m['position_consistency']}, picks A {m['judge_picks_first']}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from cotlab.data.syllogism import counterexample, reasoning
 from cotlab.evaluation.compare import compare, markdown
 from cotlab.evaluation.stats import mean_with_ci
 from cotlab.selfimprove.ablations import NO_COT_PREFILL, ablation_inputs, shuffled
-from cotlab.selfimprove.judge import asked_questions, judge_pairs, parse_verdict, win_rate
+from cotlab.selfimprove.judge import (asked_questions, judge_messages, judge_outcomes, judge_pairs, parse_verdict,
+                                      win_rate)
 from cotlab.teacher import Request, Teacher
 from openai_server import FakeOpenAI
 
@@ -90,32 +91,90 @@ def test_parse_verdict():
     assert parse_verdict("Both are good") is None and parse_verdict("") is None
 
 
-def test_judge_order_is_randomised_and_the_win_rate_counts_the_challenger(examples, tmp_path):
+def _judge(pairs, reply, cache_dir):
+    """The verdicts of a judge served over the OpenAI protocol, one per comparison."""
+    with FakeOpenAI(reply=reply) as server:
+        config = TeacherConfig(backend="openai", model="judge", base_url=server.base_url, api_key_env=None,
+                               max_tokens=4)
+        responses, usage = Teacher(config, cache_dir=cache_dir).run(
+            [Request(p["id"], p["messages"], "judge") for p in pairs])
+    assert usage.answered == len(pairs)
+    return [parse_verdict(r.text) for r in responses]
+
+
+def test_the_judge_asks_both_orders(examples):
     test = examples["test"] + examples["train"]
     challenger = {ex.id: ["Is it true?"] for ex in test}
     incumbent = {ex.id: ["What is it?"] for ex in test[:-3]}  # 3 questions without incumbent questions: skipped
-    pairs = judge_pairs(test, challenger, incumbent, seed=0)
-    assert len(pairs) == len(test) - 3
-    labels = [p["challenger_label"] for p in pairs]
-    assert 0.25 < labels.count("A") / len(labels) < 0.75
-    for p in pairs:
-        content = p["messages"][-1]["content"]
-        first = content.index("Student A:")
-        assert content.index("Is it true?" if p["challenger_label"] == "A" else "What is it?") > first
+    pairs = judge_pairs(test, challenger, incumbent)
+    assert len(pairs) == 2 * (len(test) - 3)
+    for ex, (first, second) in zip(test, zip(pairs[::2], pairs[1::2])):
+        assert first["id"] == second["id"] == ex.id
+        assert (first["challenger_label"], second["challenger_label"]) == ("A", "B")
+        assert first["messages"] == judge_messages(ex, "Is it true?", "What is it?")
+        assert second["messages"] == judge_messages(ex, "What is it?", "Is it true?")
 
-    # A judge that always answers "A" (pure position bias) must give the challenger about half the wins.
-    with FakeOpenAI(reply=lambda messages: "A") as server:
-        config = TeacherConfig(backend="openai", model="judge", base_url=server.base_url, api_key_env=None,
-                               max_tokens=4)
-        responses, usage = Teacher(config, cache_dir=tmp_path).run(
-            [Request(p["id"], p["messages"], "judge") for p in pairs])
-    verdicts = [parse_verdict(r.text) for r in responses]
-    assert win_rate(pairs, [None] * len(pairs))["win_rate"] is None  # nothing decided: undefined, not NaN
+
+def test_a_judge_with_pure_position_bias_gives_only_ties(examples, tmp_path):
+    """A judge that always answers "A" is uninformative: every question a tie, not a coin's half of wins."""
+    test = examples["test"][:10]
+    pairs = judge_pairs(test, {ex.id: ["Is it true?"] for ex in test}, {ex.id: ["What is it?"] for ex in test})
+    result = win_rate(pairs, _judge(pairs, lambda messages: "A", tmp_path))
+    n = len(test)
+    assert result["n_compared"] == n and result["ties"] == n and result["wins"] == result["losses"] == 0
+    assert result["undecided"] == 0 and result["win_rate"] == 0.5
+    assert result["position_consistency"] == 0.0 and result["judge_picks_first"] == 1.0
+    assert result["sign_test_p"] in (None, 1.0)
+    assert result["decisive_win_rate"] is result["decisive_win_rate_ci_low"] is result["decisive_win_rate_ci_high"] is None
+
+
+@pytest.mark.parametrize("prefer", ["challenger", "incumbent"])
+def test_a_consistent_judge_wins_or_loses_every_question(examples, tmp_path, prefer):
+    test = examples["test"][:10]
+    pairs = judge_pairs(test, {ex.id: ["Is it true?"] for ex in test}, {ex.id: ["What is it?"] for ex in test})
+    liked = "Is it true?" if prefer == "challenger" else "What is it?"
+
+    def reply(messages):  # the student whose questions it likes, wherever they are shown
+        return "A" if f"Student A: {liked}" in messages[-1]["content"] else "B"
+
+    result = win_rate(pairs, _judge(pairs, reply, tmp_path))
+    n = len(test)
+    assert (result["wins"], result["losses"]) == ((n, 0) if prefer == "challenger" else (0, n))
+    assert result["ties"] == result["undecided"] == 0
+    assert result["win_rate"] == result["decisive_win_rate"] == (1.0 if prefer == "challenger" else 0.0)
+    assert result["position_consistency"] == 1.0 and result["judge_picks_first"] == 0.5
+    assert result["sign_test_p"] == pytest.approx(2 * 0.5 ** n) and result["sign_test_p"] < 0.01
+    assert result["decisive_win_rate_ci_low"] <= result["decisive_win_rate"] <= result["decisive_win_rate_ci_high"]
+    assert (result["decisive_win_rate_ci_low"], result["decisive_win_rate_ci_high"]) == pytest.approx(
+        stats.binomtest(result["wins"], n).proportion_ci(method="wilson"))
+
+
+def test_undecided_replies_and_disagreeing_orders_are_ties(examples):
+    test = examples["test"][:6]
+    pairs = judge_pairs(test, {ex.id: ["Is it true?"] for ex in test}, {ex.id: ["What is it?"] for ex in test})
+    verdicts = ["A", "B",  # challenger both times: win
+                "B", "A",  # incumbent both times: loss
+                "A", "A",  # same letter both times: position-inconsistent tie
+                None, "A",  # one reply undecided: tie
+                "B", None,  # one reply undecided: tie
+                None, None]  # both undecided: tie
+    outcomes = judge_outcomes(pairs, verdicts)
+    assert [o["outcome"] for o in outcomes] == ["win", "loss", "tie", "tie", "tie", "tie"]
+    assert [o["id"] for o in outcomes] == [ex.id for ex in test]
     result = win_rate(pairs, verdicts)
-    assert result["n_decided"] == len(pairs) and result["judge_picks_first"] == 1.0
-    assert result["challenger_wins"] == labels.count("A")
-    assert result["win_rate_ci_low"] < result["win_rate"] < result["win_rate_ci_high"]
-    assert usage.answered == len(pairs)
+    assert (result["n_compared"], result["wins"], result["losses"], result["ties"], result["undecided"]) == \
+        (6, 1, 1, 4, 4)
+    assert result["win_rate"] == 0.5 and result["decisive_win_rate"] == 0.5 and result["sign_test_p"] == 1.0
+    assert result["position_consistency"] == pytest.approx(2 / 3)  # of the 3 questions with both replies decided
+    assert result["judge_picks_first"] == pytest.approx(5 / 8)
+    nothing = win_rate(pairs, [None] * len(pairs))  # nothing decided: every question a tie, the rest undefined
+    assert nothing["ties"] == 6 and nothing["undecided"] == 12 and nothing["win_rate"] == 0.5
+    assert all(nothing[k] is None for k in ("decisive_win_rate", "decisive_win_rate_ci_low", "decisive_win_rate_ci_high",
+                                            "sign_test_p", "position_consistency", "judge_picks_first"))
+    empty = win_rate([], [])
+    assert empty["n_compared"] == 0 and empty["win_rate"] is None
+    with pytest.raises(ValueError, match="both orders"):
+        win_rate(pairs[:-1], verdicts[:-1])
 
 
 def _preds(correct):
