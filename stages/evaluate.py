@@ -35,8 +35,10 @@ def main(params, method, task):
     with tracking.stage_run(f"evaluate@{method}-{task}", mlflow_params(params), method=method, task=task):
         for name, (shots, drafts, prefill) in runs.items():
             n_new = max_new_tokens(params, "direct" if prefill else template)
+            forced = max_new_tokens(params, "direct") if params.evaluate.force_answer else 0  # budget forcing (s1)
             predictions, metrics = evaluate(model, tokenizer, test, template, n_new, batch_size, shots, drafts,
-                                            prefill, params.evaluate.stop_at_answer, desc=name)
+                                            prefill, params.evaluate.stop_at_answer, desc=name,
+                                            force_answer_tokens=forced)
             write_jsonl(f"eval/{name}/{task}/predictions.jsonl", predictions)
             write_json(f"metrics/eval/{name}/{task}.json", metrics)
             tracking.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})

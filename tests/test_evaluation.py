@@ -6,6 +6,7 @@ from cotlab.evaluation.generate import generate
 from cotlab.evaluation.run import evaluate, pick_shots
 from cotlab.schema import DataError, write_jsonl
 from cotlab.models import load_checkpoint
+from cotlab.answers import extract_answer
 from cotlab.prompts import render_prompt
 
 
@@ -224,3 +225,54 @@ def test_diff_metrics_names_each_difference_and_ignores_wall_clock(tmp_path):
     assert changed.returncode == 1
     assert "eval/m.json: accuracy: 0.5 -> 0.6" in changed.stdout and "extra.json: only in B" in changed.stdout
     assert "nested.share_update only in A" in changed.stdout  # a key that vanished is a difference, timing or not
+
+
+def test_needs_forcing_only_rows_cut_without_an_answer_line():
+    from cotlab.evaluation.run import needs_forcing
+
+    assert needs_forcing("Plants need light, so they", True, "yes_no")
+    assert needs_forcing("No wait, let me think: yes it", True, "yes_no")  # yes/no words are no answer line
+    assert needs_forcing("Some reasoning.\nThe answer is: maybe", True, "yes_no")  # an anchor whose value fails
+    assert not needs_forcing("Plants need light, so they", False, "yes_no")  # ended by itself: never forced
+    assert not needs_forcing("Reasoning.\nThe answer is: Yes\nMore rambling until the cap", True, "yes_no")
+    assert not needs_forcing("So 3 + 4.\nThe answer is: 7", True, "number")
+    assert needs_forcing("So 3 + 4 = 7 and then", True, "number")
+
+
+def test_budget_forcing_answers_rows_cut_at_the_cap(tiny_base, examples):
+    """s1's budget forcing: rows cut at max_new_tokens without an answer line get the cue and a short continuation,
+    generated from prompt + output + cue; off, evaluate is exactly generate + score as before."""
+    from cotlab.evaluation.run import FORCED_ANSWER_CUE, score
+    from cotlab.prompts import FIRST_LINE_STOP, TEMPLATE_STOPS
+
+    model, tokenizer, _ = load_checkpoint(tiny_base, "cpu")
+    test = examples["test"]
+    plain, plain_metrics = evaluate(model, tokenizer, test, "cot", 3, 4)
+    prompts = [p["prompt"] for p in plain]
+    generations = generate(model, tokenizer, prompts, 3, batch_size=4, stop=TEMPLATE_STOPS["cot"])
+    assert (plain, plain_metrics) == score(test, prompts, generations)  # off: today's rows and metrics
+    assert "forced" not in plain[0] and "forced_answer_rate" not in plain_metrics
+
+    forced, metrics = evaluate(model, tokenizer, test, "cot", 3, 4, force_answer_tokens=5)
+    is_forced = [p["forced"] for p in forced]
+    assert any(is_forced)
+    assert metrics["forced_answer_rate"] == pytest.approx(sum(is_forced) / len(forced))
+    assert metrics["truncation_rate"] == plain_metrics["truncation_rate"]  # the raw cut rate stays reported
+    cued = [p["prompt"] + p["output"] + FORCED_ANSWER_CUE for p, f in zip(plain, is_forced) if f]
+    answers = generate(model, tokenizer, cued, 5, batch_size=4, stop=FIRST_LINE_STOP)
+    answers = iter(answers)
+    for before, row, gen in zip(plain, forced, generations):
+        if row["forced"]:
+            answer = next(answers)
+            assert gen.truncated and before["pred_strict"] is None
+            assert row["output"] == before["output"] + FORCED_ANSWER_CUE + answer.text
+            assert row["n_forced_tokens"] == answer.n_new_tokens > 0 and row["truncated"]
+            assert row["pred_strict"] == extract_answer(FORCED_ANSWER_CUE + answer.text, row["answer_type"],
+                                                        strict=True)
+        else:
+            assert row["n_forced_tokens"] == 0
+            assert {k: v for k, v in row.items() if k not in ("forced", "n_forced_tokens")} == before
+
+    # A prefilled run already ends its prompt with the answer line: never forced.
+    prefilled, m = evaluate(model, tokenizer, test, "cot", 2, 4, prefill="The answer is:", force_answer_tokens=5)
+    assert "forced" not in prefilled[0] and "forced_answer_rate" not in m

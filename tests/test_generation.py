@@ -193,3 +193,22 @@ def test_vllm_sampler_gives_exactly_length_tokens_n_rows_per_prompt(actor, fake_
     sampled, frozen = engine.calls
     assert sampled["prompt_token_ids"] == prompts and frozen["lora_request"] is None
     assert (Path(sampled["lora_request"].lora_path) / "adapter_config.json").is_file()
+
+
+def test_budget_forcing_on_vllm_gives_the_transformers_rows(tiny_base, fake_vllm, examples):
+    """evaluate's forced answers (cotlab.evaluation.run) go through generate(): on vLLM as one more engine call, on
+    the forced rows only, with the same rows as transformers."""
+    from cotlab.evaluation.run import FORCED_ANSWER_CUE, evaluate
+
+    model, tokenizer, _ = load_checkpoint(tiny_base, "cpu")
+    test = examples["test"]
+    reference = evaluate(model, tokenizer, test, "cot", 3, 4, force_answer_tokens=5)
+    engine = FakeLLM(model, tokenizer)
+    assert evaluate(G.VLLMGenerator(engine), tokenizer, test, "cot", 3, 4, force_answer_tokens=5) == reference
+    forced = [p for p in reference[0] if p["forced"]]
+    assert forced and len(engine.calls) == 2
+    second = engine.calls[1]
+    assert second["params"].max_tokens == 5
+    assert second["prompt_token_ids"] == [tokenizer(p["prompt"] + p["output"].split(FORCED_ANSWER_CUE)[0]
+                                                    + FORCED_ANSWER_CUE, add_special_tokens=False)["input_ids"]
+                                          for p in forced]

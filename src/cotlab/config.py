@@ -74,6 +74,9 @@ class EvaluateConfig:
     few_shot: int = 2
     batch_size: int | None = None  # None = the scale's eval_batch_size
     stop_at_answer: bool = True  # stop a row after its "The answer is: X" line (false: run to eos or the cap)
+    # Budget forcing (s1, Muennighoff et al. 2025): a row cut at the cap with no answer line gets "\nThe answer is:"
+    # appended and up to the scale's max_new_tokens_direct more tokens, its answer read from those; false: scored as cut.
+    force_answer: bool = True
 
 
 # The sections a method or a job owns: each is parsed by its stage with the config class beside its code
