@@ -116,8 +116,18 @@ def test_dpo_train_on_pairs_from_filtered_examples(tiny_base, examples):
     assert all("Student draft: " in p["prompt"] and p["chosen"] != p["rejected"] for p in pairs)
     config = DPOConfig(schedule=[DPOPhase(1, 0.1, "none", "none"), DPOPhase(1, 0.1, "cal_dpo", "dr_dpo")],
                        lr=5e-3, batch_size=6)
-    model, metrics, curve = train(model, tokenizer, pairs, config, max_length=512, seed=0)
+    from cotlab.data.pairs import heldout_examples
+
+    test, _ = heldout_examples(examples["test"], {ex.id: drafts[i % 3] for i, ex in enumerate(examples["test"])})
+    heldout, _ = build_pairs(test, tokenizer, seed=0)
+    model, metrics, curve = train(model, tokenizer, pairs, config, max_length=512, seed=0, heldout_pairs=heldout)
     assert metrics["train_steps"] == 4 and math.isfinite(metrics["train_loss"])
+    assert metrics["heldout.n_pairs"] == len(heldout) == 8 and metrics["heldout.beta"] == 0.1
+    for key in ("preference_accuracy", "policy_logprob_accuracy", "start_logprob_accuracy"):
+        assert metrics[f"heldout.{key}_ci_low"] <= metrics[f"heldout.{key}"] <= metrics[f"heldout.{key}_ci_high"]
+        assert 0 <= metrics[f"heldout.{key}_ci_low"] and metrics[f"heldout.{key}_ci_high"] <= 1
+    assert math.isfinite(metrics["heldout.mean_margin"]) and 0 <= metrics["heldout.logprob_accuracy_mcnemar_p"] <= 1
+    assert "ref" not in model.peft_config  # scored before the reference copy goes
     assert [row["beta"] for row in curve] == [0.1] * 4 and [row["step"] for row in curve] == [1, 2, 3, 4]
 
 
@@ -180,3 +190,120 @@ def test_the_reference_is_the_starting_adapter_or_the_base(tiny_base, examples, 
     else:
         assert abs(first_margin) > 1e-4
     assert "ref" not in model.peft_config  # the checkpoint holds the trained adapter only
+
+
+def test_heldout_pairs_hold_the_test_drafts_and_the_oracle_teachers_reasoning(tokenizer, examples):
+    """Test pairs are built as the train pairs are: the chosen reasoning is exactly what the oracle teacher's reply
+    leaves after filtering (parse_teacher), the prompt shows the test draft; no reasoning, no pair."""
+    from dataclasses import replace
+
+    from cotlab.data.pairs import build_pairs, heldout_examples
+    from cotlab.formats import parse_teacher
+    from cotlab.teacher import oracle_teacher
+
+    test = [*examples["test"], replace(examples["test"][0], id="bare", reasoning="")]
+    drafts = {ex.id: "Answer: Yes - it is." for ex in test[::2]}
+    kept, dropped = heldout_examples(test, drafts)
+    assert dropped == {"dropped.no_reasoning": 1} and [ex.id for ex in kept] == [ex.id for ex in examples["test"]]
+    for ex, original in zip(kept, examples["test"]):
+        teacher = parse_teacher(oracle_teacher(original, drafts.get(ex.id, "")), ex.answer_type)
+        assert ex.reasoning == teacher.reasoning and ex.reasoning.startswith("1. ")
+        assert ex.metadata["draft"] == drafts.get(ex.id, "")
+    pairs, metrics = build_pairs(kept, tokenizer, seed=0)
+    assert metrics["n_pairs"] == len(kept)
+    assert all(p["chosen"].startswith(ex.reasoning) for p, ex in zip(pairs, kept))
+    assert all("Student draft: Answer: Yes - it is." in p["prompt"] for p in pairs[::2])
+
+
+def test_preference_metrics_match_a_hand_computation():
+    from cotlab.evaluation.stats import wilson_interval
+    from cotlab.methods.dpo import preference_metrics
+
+    logps = {"policy_chosen": torch.tensor([-1.0, -5.0, -2.0, -3.0]), "policy_rejected": torch.tensor([-2.0, -4.0, -2.5, -1.0]),
+             "reference_chosen": torch.tensor([-1.5, -4.0, -2.0, -3.5]), "reference_rejected": torch.tensor([-1.5, -4.5, -2.0, -1.0]),
+             "start_chosen": torch.tensor([-3.0, -1.0, -1.0, -1.0]), "start_rejected": torch.tensor([-2.0, -2.0, -2.0, -2.0])}
+    m = preference_metrics(logps, beta=0.5, made=["flipped", "draft_wrong", "flipped", "flipped"])
+    # Delta = (pc - rc) - (pr - rr): 0.5 - (-0.5) = 1; -1 - 0.5 = -1.5; 0 - (-0.5) = 0.5; 0.5 - 0 = 0.5
+    assert m["mean_margin"] == pytest.approx(0.5 * (1 - 1.5 + 0.5 + 0.5) / 4)
+    assert m["chosen_reward"] == pytest.approx(0.5 * (0.5 - 1 + 0 + 0.5) / 4)
+    assert m["preference_accuracy"] == 0.75 and m["n_pairs"] == 4 and m["beta"] == 0.5
+    assert (m["preference_accuracy_ci_low"], m["preference_accuracy_ci_high"]) == pytest.approx(wilson_interval(3, 4))
+    assert m["policy_logprob_accuracy"] == 0.5 and m["start_logprob_accuracy"] == 0.75  # pairs 1, 3 and 2, 3, 4
+    assert (m["logprob_pairs_gained"], m["logprob_pairs_lost"]) == (1, 2)  # pair 1 gained; 2 and 4 lost
+    assert m["logprob_accuracy_gain"] == pytest.approx(-0.25) and m["logprob_accuracy_mcnemar_p"] == 1.0
+    assert m["by_made.flipped.n_pairs"] == 3 and m["by_made.flipped.preference_accuracy"] == 1.0
+    assert m["by_made.draft_wrong.preference_accuracy"] == 0.0
+
+
+def _completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
+    """log pi(completion | prompt) by one plain forward pass, the completion starting where the tokenized prompt
+    and prompt+completion diverge (as TRL splits them)."""
+    prompt_ids, ids = tokenizer(prompt)["input_ids"], tokenizer(prompt + completion)["input_ids"]
+    start = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids)) if a != b), min(len(prompt_ids), len(ids)))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1)
+    return float(logprobs[start - 1:].sum())
+
+
+@pytest.mark.parametrize("reference", ["start", "base"])
+def test_heldout_metrics_match_a_hand_computation_on_a_tiny_model(tiny_base, examples, tmp_path, reference):
+    """The held-out margins equal beta * Delta from plain forward passes of the policy and of the reference (a copy
+    of the starting adapter, or the base); pairs oriented by the hand margins score 1.0, reversed 0.0."""
+    import copy
+
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from cotlab.methods.dpo import heldout_metrics
+    from cotlab.models import load_for_training
+    from cotlab.prompts import render_prompt
+
+    torch.manual_seed(0)
+    model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+
+    def perturb():
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name and ".default." in name:
+                    p.add_(0.05 * torch.randn_like(p))
+
+    perturb()  # a starting adapter that differs from the base, so start and base references differ
+    start_model = copy.deepcopy(model)
+    eos = tokenizer.eos_token
+    pairs = [{"prompt": render_prompt(tokenizer, ex, "direct"), "chosen": f"The answer is: {ex.answer.capitalize()}{eos}",
+              "rejected": f"Well, maybe. The answer is: {'No' if ex.answer == 'yes' else 'Yes'}{eos}",
+              "made": "flipped" if i % 2 else "draft_wrong"} for i, ex in enumerate(examples["test"])]
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                     save_strategy="no", disable_tqdm=True, gradient_checkpointing=False, bf16=False)  # as train()
+    trainer = scheduled_trainer([DPOPhase()], reference=reference)(
+        model=model, args=args, train_dataset=Dataset.from_list(pairs[:4]), processing_class=tokenizer)
+    perturb()  # the "trained" policy: the "ref" copy keeps the starting adapter
+
+    def hand(side):
+        policy = [_completion_logp(model, tokenizer, p["prompt"], p[side]) for p in pairs]
+        start = [_completion_logp(start_model, tokenizer, p["prompt"], p[side]) for p in pairs]
+        if reference == "base":
+            with start_model.disable_adapter():
+                return policy, [_completion_logp(start_model, tokenizer, p["prompt"], p[side]) for p in pairs], start
+        return policy, start, start
+
+    (pc, rc, sc), (pr, rr, sr) = hand("chosen"), hand("rejected")
+    beta = 0.1
+    margins = [beta * ((a - b) - (c - d)) for a, b, c, d in zip(pc, rc, pr, rr)]
+    assert min(abs(x) for x in margins) > 1e-4  # the policy moved away from the reference on every pair
+    got = heldout_metrics(trainer, model, pairs, beta, batch_size=3)  # 8 pairs: batches of 3, 3, 2
+    assert got["n_pairs"] == 8 and got["n_dropped_too_long"] == 0
+    assert got["mean_margin"] == pytest.approx(sum(margins) / 8, abs=1e-5)
+    assert got["preference_accuracy"] == sum(x > 0 for x in margins) / 8
+    assert got["policy_logprob_accuracy"] == sum(a > b for a, b in zip(pc, pr)) / 8
+    assert got["start_logprob_accuracy"] == sum(a > b for a, b in zip(sc, sr)) / 8
+    assert got["by_made.flipped.n_pairs"] == 4 and model.training  # the model's mode is restored
+
+    oriented = [p if x > 0 else {**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p, x in zip(pairs, margins)]
+    best = heldout_metrics(trainer, model, oriented, beta, batch_size=8)
+    assert best["preference_accuracy"] == 1.0 and best["preference_accuracy_ci_high"] == 1.0
+    assert best["mean_margin"] == pytest.approx(sum(abs(x) for x in margins) / 8, abs=1e-5)
+    assert best["preference_accuracy_ci_low"] == pytest.approx(0.6756, abs=1e-3)  # Wilson, 8 of 8
+    reversed_ = [{**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p in oriented]
+    assert heldout_metrics(trainer, model, reversed_, beta, batch_size=8)["preference_accuracy"] == 0.0

@@ -259,6 +259,8 @@ def test_phase_c_and_its_validations(repo):
     assert pairs["n_pairs"] == 8 and pairs.get("made.draft_wrong", 0) + pairs.get("made.flipped", 0) == 8
     trained = json.loads((root / "metrics/train/dpo/strategyqa.json").read_text())
     assert trained["n_pairs"] == 8 and math.isfinite(trained["train_loss"])
+    assert pairs["test.n_pairs"] == trained["heldout.n_pairs"] == len(read("data/pairs/strategyqa/test.jsonl")) > 0
+    assert 0 <= trained["heldout.preference_accuracy"] <= 1 and 0 <= trained["heldout.start_logprob_accuracy"] <= 1
     curve = (root / "plots/train/dpo/strategyqa.csv").read_text().splitlines()
     assert curve[0].startswith("step,epoch,loss,beta") and len(curve) == 1 + 4  # 4 epochs of one batch
     attribution = json.loads((root / "metrics/attribution/strategyqa.json").read_text())

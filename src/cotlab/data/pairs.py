@@ -1,17 +1,22 @@
 """Preference pairs for DPO (Phase C): prompt = question + "Student draft: " + draft; chosen = the teacher's
 reasoning and final answer; rejected = the student's draft when its answer is wrong, else the teacher's reasoning
-with a flipped final answer. Every pair records how its rejected side was made."""
+with a flipped final answer. Every pair records how its rejected side was made.
+
+Held-out pairs (test questions, for DPO's held-out preference accuracy) are built the same way; the teacher writes
+no test reasoning, so their chosen side is the dataset's own reasoning as the oracle teacher renders it (what the
+train pairs hold under teacher.backend oracle; under another backend, the train pairs hold that teacher's)."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from typing import Any, Sequence
 
 from cotlab.schema import DataError, Example
 from cotlab.data.sources import LETTERS
 from cotlab.answers import is_correct
-from cotlab.formats import parse_draft
+from cotlab.formats import parse_draft, parse_teacher, reasoning_steps, render_teacher
 from cotlab.prompts import display_answer, end_of_turn, render_prompt, target
 
 
@@ -36,6 +41,21 @@ def pair_examples(examples: Sequence[Example], n_pairs: int | None, seed: int) -
     if n_pairs is None or n_pairs >= len(examples):
         return list(examples)
     return random.Random(f"{seed}-pairs-subsample").sample(list(examples), n_pairs)
+
+
+def heldout_examples(examples: Sequence[Example], drafts: dict[str, str]) -> tuple[list[Example], dict[str, int]]:
+    """Test examples as build_pairs takes them: reasoning = the dataset's own, rendered and parsed as the oracle
+    teacher's (the train pairs' chosen side under teacher.backend oracle), draft = the student's test draft ("" when
+    missing). Examples without reasoning steps are left out and counted."""
+    kept, dropped = [], Counter()
+    for ex in examples:
+        steps = reasoning_steps(ex.reasoning)
+        out = parse_teacher(render_teacher("", steps, display_answer(ex)), ex.answer_type) if steps else None
+        if out is None or not out.ok:
+            dropped["no_reasoning"] += 1
+            continue
+        kept.append(replace(ex, reasoning=out.reasoning, metadata={**ex.metadata, "draft": drafts.get(ex.id, "")}))
+    return kept, {"dropped.no_reasoning": dropped["no_reasoning"]}
 
 
 def build_pairs(examples: Sequence[Example], tokenizer, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:

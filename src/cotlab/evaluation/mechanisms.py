@@ -138,10 +138,15 @@ def self_improving_checks(root: Path, task: str, result: dict) -> list[dict]:
                          "; ".join(ablations) or "-"))
     dpo = _read(root, f"metrics/train/dpo/{task}.json") or {}
     if "heldout.preference_accuracy" in dpo:
+        # The implicit reward is 0 for a policy equal to its reference: shown when the interval clears chance (50%)
         rows.append(_row(system, f"DPO held-out preference accuracy @{task}",
-                         f"{_pct(dpo['heldout.preference_accuracy'])} of {dpo['heldout.n_pairs']} test pairs",
+                         f"implicit reward of chosen > rejected on {_pct(dpo['heldout.preference_accuracy'])} of "
+                         f"{dpo['heldout.n_pairs']} test pairs",
                          _ci(dpo["heldout.preference_accuracy_ci_low"], dpo["heldout.preference_accuracy_ci_high"]),
-                         dpo.get("heldout.preference_accuracy_p"), "chance: 50%"))
+                         dpo["heldout.logprob_accuracy_mcnemar_p"],
+                         f"log p(chosen) > log p(rejected): {_pct(dpo['heldout.policy_logprob_accuracy'])} after DPO "
+                         f"vs {_pct(dpo['heldout.start_logprob_accuracy'])} at its Phase B start (p: McNemar)",
+                         shown=dpo["heldout.preference_accuracy_ci_low"] > 0.5))
     else:
         rows.append(_missing(system, f"DPO held-out preference accuracy @{task}", f"metrics/train/dpo/{task}.json"))
     judge = _read(root, f"metrics/judge/{task}.json")

@@ -29,12 +29,17 @@ and over the micro-batch:
     dr_dpo      L = -beta' * log mean_i exp(-l_i / beta')                                  (Dr-DPO; beta' = dr_beta)
 
 dr_dpo is junkangwu/Dr_DPO trainers.py L269-270 (commit b980ad0), written as a logsumexp so that it cannot overflow.
+
+Held-out (train(heldout_pairs=...), the stage's test pairs): after training, TRL's `rewards/accuracies` on pairs
+it never trained on, share of beta * Delta > 0 at the schedule's last beta, with a Wilson interval, and the raw
+preference log pi(y_w|x) > log pi(y_l|x) of the trained policy against the starting one (paired, exact McNemar).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -44,6 +49,7 @@ import torch.nn.functional as F
 
 from cotlab.config import ConfigError
 from cotlab.distributed import is_main_process
+from cotlab.evaluation.stats import mcnemar_exact, wilson_interval
 
 
 @dataclass
@@ -196,6 +202,22 @@ def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_
             with use_adapter(unwrapped, adapter_name=adapter):
                 return self._sequence_logps(model, inputs)
 
+        @torch.no_grad()
+        def _heldout_logps(self, model, inputs) -> dict[str, torch.Tensor]:
+            """Per pair: the policy's, the reference's and the starting policy's (the frozen "ref" copy, when
+            there is one) log-probs of the chosen and rejected answers."""
+            out = dict(zip(("policy_chosen", "policy_rejected"), self._sequence_logps(model, inputs)))
+            out.update(zip(("reference_chosen", "reference_rejected"), self._reference_logps(model, inputs)))
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            if self.ref_model is None and is_peft_model(unwrapped) and "ref" in unwrapped.peft_config:
+                if reference == "start":  # the reference is the starting policy: no third pass
+                    start = out["reference_chosen"], out["reference_rejected"]
+                else:
+                    with use_adapter(unwrapped, adapter_name="ref"):
+                        start = self._sequence_logps(model, inputs)
+                out.update(zip(("start_chosen", "start_rejected"), start))
+            return out
+
         def compute_ref_log_probs(self, model, inputs):
             with self.accelerator.autocast():
                 return self._reference_logps(model, inputs)
@@ -230,9 +252,78 @@ def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_
     return ScheduledDPOTrainer
 
 
+def _accuracy(name: str, wins: torch.Tensor, confidence: float) -> dict[str, float]:
+    low, high = wilson_interval(int(wins.sum()), wins.numel(), confidence)
+    return {name: int(wins.sum()) / wins.numel(), f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
+def preference_metrics(logps: dict[str, torch.Tensor], beta: float, made: Sequence[str] = (),
+                       confidence: float = 0.95) -> dict[str, float | int]:
+    """Held-out preference metrics from per-pair log-probs (the keys of _heldout_logps): preference_accuracy is
+    TRL's rewards/accuracies, the share of pairs with implicit reward margin beta * [(log pi - log pi_ref)(y_w) -
+    (log pi - log pi_ref)(y_l)] > 0, with a Wilson interval; mean_margin, chosen_reward, rejected_reward are TRL's
+    rewards/margins, /chosen, /rejected; *_logprob_accuracy: the share with log pi(y_w|x) > log pi(y_l|x), for the
+    trained policy and (when given) the starting one, paired by an exact McNemar test. `made`: per pair, how its
+    rejected side was made (data.pairs), for a breakdown."""
+    chosen_rewards = beta * (logps["policy_chosen"].double() - logps["reference_chosen"].double())
+    rejected_rewards = beta * (logps["policy_rejected"].double() - logps["reference_rejected"].double())
+    margins = chosen_rewards - rejected_rewards
+    wins = margins > 0
+    metrics = {"n_pairs": margins.numel(), "beta": beta, **_accuracy("preference_accuracy", wins, confidence),
+               "mean_margin": float(margins.mean()), "chosen_reward": float(chosen_rewards.mean()),
+               "rejected_reward": float(rejected_rewards.mean())}
+    policy_wins = logps["policy_chosen"] > logps["policy_rejected"]
+    metrics.update(_accuracy("policy_logprob_accuracy", policy_wins, confidence))
+    if "start_chosen" in logps:
+        start_wins = logps["start_chosen"] > logps["start_rejected"]
+        metrics.update(_accuracy("start_logprob_accuracy", start_wins, confidence))
+        test = mcnemar_exact(policy_wins.tolist(), start_wins.tolist())
+        metrics.update({"logprob_accuracy_gain": metrics["policy_logprob_accuracy"] - metrics["start_logprob_accuracy"],
+                        "logprob_accuracy_mcnemar_p": test["p_value"], "logprob_pairs_gained": test["b"],
+                        "logprob_pairs_lost": test["c"]})
+    for how in sorted(set(made)):
+        mask = torch.tensor([m == how for m in made])
+        metrics[f"by_made.{how}.n_pairs"] = int(mask.sum())
+        metrics[f"by_made.{how}.preference_accuracy"] = int(wins[mask].sum()) / int(mask.sum())
+    return metrics
+
+
+def heldout_metrics(trainer, model, pairs: Sequence[dict], beta: float, batch_size: int) -> dict[str, float | int]:
+    """preference_metrics on `pairs` (prompt/chosen/rejected text, as the training pairs), tokenized, truncated and
+    scored as in training by `trainer` (a scheduled_trainer, its "ref" adapter still in place), without gradients.
+    Pairs whose prompt alone fills max_length are left out (n_dropped_too_long), as TRL leaves them out of training."""
+    from datasets import Dataset
+    from torch.utils.data import DataLoader
+
+    started = time.perf_counter()
+    rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"], "row": i}
+            for i, p in enumerate(pairs)]
+    dataset = trainer._prepare_dataset(Dataset.from_list(rows), trainer.processing_class, trainer.args, "heldout")
+    lengths = [len(p) + max(len(c), len(r))
+               for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+    dataset = dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))  # batches of like lengths: less padding
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    try:
+        with torch.inference_mode(), trainer.accelerator.autocast():
+            for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=trainer.data_collator, shuffle=False):
+                for key, value in trainer._heldout_logps(model, trainer._prepare_inputs(batch)).items():
+                    parts.setdefault(key, []).append(value.float().cpu())
+    finally:
+        model.train(was_training)
+    if not parts:
+        return {"n_pairs": 0, "n_dropped_too_long": len(pairs)}
+    made = [pairs[i].get("made", "") for i in dataset["row"]]
+    metrics = preference_metrics({k: torch.cat(v) for k, v in parts.items()}, beta, made if all(made) else ())
+    return {**metrics, "n_dropped_too_long": len(pairs) - len(dataset),
+            "runtime_s": round(time.perf_counter() - started, 2)}
+
+
 def train(model, tokenizer, pairs: list[dict], config: DPOConfig, *, max_length: int, seed: int,
-          report_to: Sequence[str] = ()):
-    """DPO on `pairs` (prompt/chosen/rejected text) for the schedule's epochs. Returns (model, metrics, curve)."""
+          report_to: Sequence[str] = (), heldout_pairs: Sequence[dict] = ()):
+    """DPO on `pairs` (prompt/chosen/rejected text) for the schedule's epochs. Returns (model, metrics, curve);
+    with `heldout_pairs`, the metrics hold heldout_metrics on them under `heldout.`, at the schedule's last beta."""
     import tempfile
 
     import trl
@@ -261,6 +352,8 @@ def train(model, tokenizer, pairs: list[dict], config: DPOConfig, *, max_length:
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 callbacks=[guard])
         result = trainer.train()
+        heldout = heldout_metrics(trainer, model, heldout_pairs, phase_at(config.schedule, config.epochs - 1).beta,
+                                  config.batch_size) if heldout_pairs else {}
     if "ref" in model.peft_config:
         model.delete_adapter("ref")  # the checkpoint holds the trained adapter only
     curve = [{"step": r["step"], "epoch": round(r["epoch"], 4), "loss": r["loss"], "beta": r["beta"],
@@ -269,16 +362,18 @@ def train(model, tokenizer, pairs: list[dict], config: DPOConfig, *, max_length:
              for r in trainer.state.log_history if "loss" in r and "beta" in r]
     metrics = {"n_pairs": len(pairs), "train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
-               "final_reward_accuracy": curve[-1]["reward_accuracy"] if curve else float("nan")}
+               "final_reward_accuracy": curve[-1]["reward_accuracy"] if curve else float("nan"),
+               **{f"heldout.{k}": v for k, v in heldout.items()}}
     if not math.isfinite(metrics["train_loss"]):
         raise TrainingDivergedError(f"DPO loss is {metrics['train_loss']}; no checkpoint was written")
     return model, metrics, curve
 
 
-def train_checkpoint(params, task: str, base_dir: str, start_dir: str, pairs: list[dict], out_dir: str
-                     ) -> tuple[dict, list[dict]]:
+def train_checkpoint(params, task: str, base_dir: str, start_dir: str, pairs: list[dict], out_dir: str,
+                     heldout_pairs: Sequence[dict] = ()) -> tuple[dict, list[dict]]:
     """DPO from the adapter in `start_dir` (on the base in `base_dir`) on `pairs`, with params `dpo`; writes the
-    checkpoint to `out_dir`; returns (metrics, curve). Shared by dpo@<task> and the self-guided rounds."""
+    checkpoint to `out_dir`; returns (metrics, curve), with heldout.* metrics on `heldout_pairs` when given.
+    Shared by dpo@<task> and the self-guided rounds."""
     from dataclasses import asdict
 
     from cotlab.methods.sft import TrainConfig
@@ -289,7 +384,8 @@ def train_checkpoint(params, task: str, base_dir: str, start_dir: str, pairs: li
     lora = params.section("cot_distill", TrainConfig).lora  # the Phase B adapter DPO continues
     model, tokenizer, _ = load_for_training(base_dir, resolve_device(params.model.device), "none", asdict(lora),
                                             start_dir)
-    model, metrics, curve = train(model, tokenizer, pairs, config, **run, report_to=["mlflow"])
+    model, metrics, curve = train(model, tokenizer, pairs, config, **run, report_to=["mlflow"],
+                                  heldout_pairs=heldout_pairs)
     if is_main_process():  # under accelerate every process trains; the main one writes
         save_adapter(model, tokenizer, out_dir, base_dir, "dpo", "cot", "none",
                      params={**asdict(config), **run, "task": task}, extra={"task": task, "init_from": start_dir},
