@@ -150,7 +150,7 @@ def self_improving_checks(root: Path, task: str, result: dict) -> list[dict]:
     else:
         rows.append(_missing(system, f"DPO held-out preference accuracy @{task}", f"metrics/train/dpo/{task}.json"))
     judge = _read(root, f"metrics/judge/{task}.json")
-    if judge is None or judge.get("position_consistency") is None:
+    if judge is None:
         rows.append(_missing(system, f"judge: questions vs the base's @{task}", f"metrics/judge/{task}.json"))
     else:
         rows.append(_row(system, f"judge: questions vs the base's @{task}",
@@ -158,7 +158,8 @@ def self_improving_checks(root: Path, task: str, result: dict) -> list[dict]:
                          f"{judge['n_compared']} (both orders asked); position consistency "
                          f"{_pct(judge['position_consistency'])}",
                          _ci(judge.get("decisive_win_rate_ci_low"), judge.get("decisive_win_rate_ci_high")),
-                         judge.get("sign_test_p"), f"judge picks the first shown {_pct(judge['judge_picks_first'])}"))
+                         judge.get("sign_test_p"), f"judge picks the first shown {_pct(judge['judge_picks_first'])}; "
+                         f"{judge['undecided']} replies undecided"))
     attribution = _read(root, f"metrics/attribution/{task}.json")
     if attribution is None:
         rows.append(_missing(system, f"IG completeness @{task}", f"metrics/attribution/{task}.json"))
@@ -166,7 +167,7 @@ def self_improving_checks(root: Path, task: str, result: dict) -> list[dict]:
         before, after = attribution["before_dpo"], attribution["after_dpo"]
         worst = max(before["median_relative_delta"], after["median_relative_delta"])
         rows.append(_row(system, f"IG completeness @{task}",
-                         f"median |sum of attributions - (f(x) - f(x'))| / |f(x) - f(x')|: "
+                         f"median relative completeness error, abs(sum of IG - (f(x) - f(x'))) / abs(f(x) - f(x')): "
                          f"{_pct(before['median_relative_delta'])} before DPO, {_pct(after['median_relative_delta'])} "
                          f"after (target < 5%)", "-", None,
                          f"draft share {_pct(before['draft_share'])} -> {_pct(after['draft_share'])}",
