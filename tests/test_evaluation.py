@@ -170,12 +170,14 @@ def test_the_report_is_written_where_asked_and_returned(tmp_path):
 
 def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_path):
     """A Markovian actor whose CoT carries the code where the base's does not: the check is shown with its McNemar p;
-    the trend comes from the training metrics, with the ablation's beside it; a system whose outputs are absent
-    is a 'not run' row, never a dropped one."""
+    the trend comes from the training metrics with its Fisher-z interval, the ablation's beside it; IG's
+    completeness counts the attributions within 5%; a system whose outputs are absent is a 'not run' row, never a
+    dropped one."""
     import json
 
     from cotlab.evaluation.compare import compare_pairs
-    from cotlab.evaluation.mechanisms import mechanism_checks, mechanisms_markdown, needed_pairs
+    from cotlab.evaluation.mechanisms import mechanism_checks, mechanisms_markdown, needed_pairs, spearman_interval
+    from cotlab.evaluation.stats import wilson_interval
 
     def rows(correct, carried):
         return [{"id": f"q{i}", "correct": c, "pred": "1", "gold": "1", "answer_type": "number",
@@ -191,10 +193,23 @@ def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_pa
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"steps": 24, "answer_logprob_trend_spearman": rho, "answer_logprob_trend_p": p,
                                     "answer_logprob_first_quarter": -9.0, "answer_logprob_last_quarter": -4.0}))
+    # IG on syllogism: 3 of 4 attributions complete to within 5%, the medians from the stage's metrics
+    (tmp_path / "attribution/syllogism").mkdir(parents=True)
+    (tmp_path / "attribution/syllogism/scores.jsonl").write_text("".join(
+        json.dumps({"id": f"q{i % 2}", "model": m, "relative_delta": e}) + "\n"
+        for i, (m, e) in enumerate([("cot_distill", 0.01), ("cot_distill", 0.04), ("dpo", 0.02), ("dpo", 0.3)])))
+    (tmp_path / "metrics/attribution").mkdir(parents=True)
+    summary = {"median_relative_delta": 0.025, "draft_share": 0.3}
+    (tmp_path / "metrics/attribution/syllogism.json").write_text(json.dumps(
+        {"before_dpo": summary, "after_dpo": {**summary, "median_relative_delta": 0.16}}))
     pairs = compare_pairs(table, needed_pairs([], ["lockers"], ["svamp"]), 200, 0.95, 0)
-    checks = mechanism_checks(tmp_path, {}, pairs, {}, table, [], [], ["lockers"], ["svamp"])
+    checks = mechanism_checks(tmp_path, {}, pairs, {}, table, ["syllogism"], [], ["lockers"], ["svamp"])
     by = {r["check"]: r for r in checks}
     assert by["reward trend @lockers"]["shown"] and "rho +0.10" in by["reward trend @lockers"]["ablation"]
+    assert by["reward trend @lockers"]["interval"] == "rho [{:+.2f}, {:+.2f}]".format(*spearman_interval(0.6, 24))
+    ig = by["IG completeness @syllogism"]
+    assert not ig["shown"] and "3 of 4 attributions within it" in ig["effect"]  # the after-DPO median is 16%
+    assert ig["interval"] == "[{:.1f}, {:.1f}]%".format(*(100 * x for x in wilson_interval(3, 4)))
     accuracy = by["two-stage accuracy @lockers"]
     assert accuracy["shown"] and accuracy["p"] == pytest.approx(2 * 0.5 ** 20)
     assert "+50.0 pp" in accuracy["ablation"]  # non_markovian vs its base

@@ -4,6 +4,7 @@ import math
 import pytest
 from scipy import stats
 
+from cotlab.evaluation.mechanisms import spearman_interval
 from cotlab.evaluation.stats import (mcnemar_exact, paired_bootstrap_diff, paired_logprob_gain, summarize,
                                      two_stage_metrics, wilson_interval)
 
@@ -23,6 +24,25 @@ def test_wilson_edges():
     lo90, hi90 = wilson_interval(8, 10, confidence=0.90)
     assert lo90 > lo or hi90 < 1  # narrower interval at lower confidence
     assert wilson_interval(8, 10, 0.90)[0] > wilson_interval(8, 10)[0]
+
+
+def test_spearman_interval_is_fisher_z_with_bonett_wright_variance_and_covers():
+    # By hand: atanh(0.5) = 0.5493, se = sqrt((1 + 0.25 / 2) / 25) = 0.2121, tanh(0.5493 -+ 1.96 * 0.2121)
+    assert spearman_interval(0.5, 28) == pytest.approx((0.1327, 0.7463), abs=1e-3)
+    low, high = spearman_interval(0.0, 28)
+    assert low == pytest.approx(-high) and high == pytest.approx(math.tanh(1.96 / 5), abs=1e-3)
+    assert all(math.isnan(x) for x in spearman_interval(0.3, 3))
+    # Coverage on bivariate normal samples of 24 (a Markovian run's steps): the population Spearman of a normal
+    # pair with correlation r is 6 / pi * asin(r / 2)
+    import numpy as np
+    rng, r, n = np.random.default_rng(0), 0.6, 24
+    truth = 6 / math.pi * math.asin(r / 2)
+    hits = 0
+    for _ in range(400):
+        x, y = rng.multivariate_normal([0, 0], [[1, r], [r, 1]], size=n).T
+        low, high = spearman_interval(stats.spearmanr(x, y).statistic, n)
+        hits += low <= truth <= high
+    assert 0.91 <= hits / 400 <= 0.99
 
 
 def test_mcnemar_known_table():

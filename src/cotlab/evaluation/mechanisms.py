@@ -3,22 +3,31 @@ appear if the implementation is right, next to the ablation that should remove i
 its interval, its p-value, the ablation's figure and whether the effect is shown (p < alpha). compare.md's
 "Mechanism checks" section and metrics/mechanisms.json are these rows.
 
-Read from what the stages wrote (predictions under eval/, metrics files); a check whose inputs are absent says so
-instead of vanishing."""
+Read from what the stages wrote (predictions under eval/, metrics files, attribution scores); a check whose inputs
+are absent says so instead of vanishing."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+from scipy import stats
 
 from cotlab.evaluation.stats import mcnemar_exact, wilson_interval
 
 ALPHA = 0.05
+IG_TARGET = 0.05  # the completeness error integrated gradients should stay under (relative to f(x) - f(x'))
 
 
 def _read(root: Path, rel: str) -> dict | None:
     path = root / rel
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_rows(root: Path, rel: str) -> list[dict]:
+    path = root / rel
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _pct(x: float | None) -> str:
@@ -33,6 +42,21 @@ def _ci(low: float | None, high: float | None, points: bool = False) -> str:
     if low is None or high is None:
         return "-"
     return f"[{100 * low:+.1f}, {100 * high:+.1f}] pp" if points else f"[{100 * low:.1f}, {100 * high:.1f}]%"
+
+
+def spearman_interval(rho: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval for a Spearman correlation of n pairs: Fisher's z with Bonett & Wright's (2000) variance for rank
+    correlations, var(atanh(rho)) = (1 + rho^2 / 2) / (n - 3). n <= 3 or a nan rho gives (nan, nan)."""
+    if n <= 3 or math.isnan(rho):
+        return (math.nan, math.nan)
+    z = math.atanh(min(max(rho, -0.999999), 0.999999))
+    half = stats.norm.ppf(0.5 + confidence / 2) * math.sqrt((1 + rho ** 2 / 2) / (n - 3))
+    return (math.tanh(z - half), math.tanh(z + half))
+
+
+def _rho_ci(rho: float, n: int) -> str:
+    low, high = spearman_interval(rho, n)
+    return "-" if low != low else f"rho [{low:+.2f}, {high:+.2f}]"
 
 
 def _row(system: str, check: str, effect: str, interval: str, p: float | None, ablation: str,
@@ -71,7 +95,8 @@ def markovian_checks(root: Path, task: str, pairs: dict[str, dict], table: dict)
         rows.append(_row(system, f"reward trend @{task}",
                          f"gold-answer log-prob over {trained['steps']} steps: Spearman rho "
                          f"{trained['answer_logprob_trend_spearman']:+.2f} ({trained['answer_logprob_first_quarter']:.2f}"
-                         f" -> {trained['answer_logprob_last_quarter']:.2f}, first vs last quarter)", "-",
+                         f" -> {trained['answer_logprob_last_quarter']:.2f}, first vs last quarter)",
+                         _rho_ci(trained["answer_logprob_trend_spearman"], trained["steps"]),
                          trained["answer_logprob_trend_p"], abl))
     rows.append(_pair_row(system, f"two-stage accuracy @{task}", pairs.get(f"markovian@{task} vs markovian_base@{task}"),
                           f"markovian@{task}", "non_markovian vs its base: " + _pair_text(
@@ -166,12 +191,17 @@ def self_improving_checks(root: Path, task: str, result: dict) -> list[dict]:
     else:
         before, after = attribution["before_dpo"], attribution["after_dpo"]
         worst = max(before["median_relative_delta"], after["median_relative_delta"])
+        # per question, both models: how many attributions are complete to the target, with its Wilson interval
+        errors = [r["relative_delta"] for r in _read_rows(root, f"attribution/{task}/scores.jsonl")]
+        within = sum(e < IG_TARGET for e in errors)
+        interval = _ci(*wilson_interval(within, len(errors))) if errors else "-"
         rows.append(_row(system, f"IG completeness @{task}",
                          f"median relative completeness error, abs(sum of IG - (f(x) - f(x'))) / abs(f(x) - f(x')): "
                          f"{_pct(before['median_relative_delta'])} before DPO, {_pct(after['median_relative_delta'])} "
-                         f"after (target < 5%)", "-", None,
+                         f"after (target < {_pct(IG_TARGET)}); {within} of {len(errors)} attributions within it "
+                         f"(the interval is that share's)", interval, None,
                          f"draft share {_pct(before['draft_share'])} -> {_pct(after['draft_share'])}",
-                         shown=worst < 0.05))
+                         shown=worst < IG_TARGET))
     return rows
 
 
@@ -229,8 +259,8 @@ def mechanisms_markdown(rows: list[dict]) -> str:
     lines = ["## Mechanism checks", "",
              "Per system, the effect it exists for on a configuration sized so that a correct implementation shows it "
              f"(shown: p < {ALPHA}), its 95% interval and p-value (McNemar exact for paired accuracies, Spearman for "
-             "the trend, the sign test for the judge), and the ablation that should remove it. A gap is reported, "
-             "not shown.", "",
+             "the trend with Fisher's z interval, the sign test for the judge), and the ablation that should remove "
+             "it. A gap is reported, not shown.", "",
              "| system | check | effect | 95% CI | p | ablation | shown |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         p = "-" if r["p"] is None else f"{r['p']:.3g}"
