@@ -15,6 +15,7 @@ from pathlib import Path
 from scipy import stats
 
 from cotlab.evaluation.stats import mcnemar_exact, wilson_interval
+from cotlab.schema import read_jsonl
 
 ALPHA = 0.05
 IG_TARGET = 0.05  # the completeness error integrated gradients should stay under (relative to f(x) - f(x'))
@@ -23,11 +24,6 @@ IG_TARGET = 0.05  # the completeness error integrated gradients should stay unde
 def _read(root: Path, rel: str) -> dict | None:
     path = root / rel
     return json.loads(path.read_text()) if path.exists() else None
-
-
-def _read_rows(root: Path, rel: str) -> list[dict]:
-    path = root / rel
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _pct(x: float | None) -> str:
@@ -192,7 +188,8 @@ def self_improving_checks(root: Path, task: str, result: dict) -> list[dict]:
         before, after = attribution["before_dpo"], attribution["after_dpo"]
         worst = max(before["median_relative_delta"], after["median_relative_delta"])
         # per question, both models: how many attributions are complete to the target, with its Wilson interval
-        errors = [r["relative_delta"] for r in _read_rows(root, f"attribution/{task}/scores.jsonl")]
+        scores = root / f"attribution/{task}/scores.jsonl"
+        errors = [r["relative_delta"] for r in read_jsonl(scores)] if scores.exists() else []
         within = sum(e < IG_TARGET for e in errors)
         interval = _ci(*wilson_interval(within, len(errors))) if errors else "-"
         rows.append(_row(system, f"IG completeness @{task}",
