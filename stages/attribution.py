@@ -24,7 +24,8 @@ def main(params, task):
         for method in ("cot_distill", "dpo"):  # before DPO (Phase B), after it (Phase C)
             # float32 whatever the base's dtype: integrated gradients in bf16 miss IG's completeness check by far more
             model, tokenizer, _ = load_checkpoint(model_dir(method, task), params.model.device, dtype="float32")
-            results = [draft_attribution(model, tokenizer, ex, drafts[ex.id], n_steps=cfg.n_steps)
+            results = [draft_attribution(model, tokenizer, ex, drafts[ex.id], n_steps=cfg.n_steps,
+                                         internal_batch_size=cfg.internal_batch_size)
                        for ex in progress(sample, desc=f"attribution {method}", unit="question")]
             rows += [{"id": ex.id, "model": method, **vars(a)} for ex, a in zip(sample, results)]
             summaries.append(summarize_attribution(results))

@@ -39,6 +39,10 @@ def test_integrated_gradients_are_complete(model, examples):
     assert fine.convergence_delta < coarse.convergence_delta or fine.convergence_delta < 1e-3
     assert fine.relative_delta < coarse.relative_delta or fine.relative_delta < 0.05
     assert fine.draft_share == pytest.approx(coarse.draft_share, abs=0.2)
+    # the path in chunks of 16 points (the stage's default, faster on CPU) is the same integral
+    chunked = draft_attribution(model, tokenizer, ex, "Answer: No - because.", n_steps=64, internal_batch_size=16)
+    assert chunked.draft_mass == pytest.approx(fine.draft_mass, rel=1e-4)
+    assert chunked.convergence_delta == pytest.approx(fine.convergence_delta, rel=1e-3, abs=1e-6)
 
 
 def test_the_draft_share_moves_when_only_the_draft_matters(model, examples):

@@ -289,3 +289,34 @@ def test_lockers_ask_for_one_listed_code():
         load_task("lk", {"source": "lockers", "colours": ["red"]}, 2, 2, 0)
     with pytest.raises(ConfigError, match="task_specs.lk.digits"):
         load_task("lk", {"source": "lockers", "digits": 0}, 2, 2, 0)
+
+
+def test_hidden_fact_questions_need_the_fact_only_the_draft_prompt_shows(tokenizer):
+    """The draft-information check: each question text comes with either answer (the question alone is a coin
+    flip), the answer follows from the hidden fact, and the fact reaches the drafter and the teacher but never a
+    Phase A/B/C prompt; the same question over a different fact is not a train/test leak."""
+    from collections import defaultdict
+
+    from cotlab.prompts import render_prompt
+    from cotlab.selfimprove.drafts import draft_messages
+    from cotlab.teacher import teacher_messages
+
+    data = load_task("hf", {"source": "hidden_fact"}, 300, 100, 0)
+    assert len(data["train"]) >= 250  # only true repeats (question *and* fact) are dropped as leaks
+    answers = defaultdict(set)
+    for ex in data["train"] + data["test"]:
+        asked, actual = ex.metadata["asked"], ex.metadata["actual"]
+        assert ex.answer == ("yes" if asked == actual else "no") and ex.draft_context.endswith(f" is {actual}.")
+        answers[ex.question].add(ex.answer)
+        assert ex.draft_context not in render_prompt(tokenizer, ex, "cot", draft="Answer: Yes - ok")
+        assert ex.draft_context in draft_messages(ex)[-1]["content"]
+        assert ex.draft_context in teacher_messages(ex, "Answer: Yes - ok")[-1]["content"]
+    assert sum(len(a) == 2 for a in answers.values()) >= 0.1 * len(answers)  # repeated texts carry both answers
+    shares = [sum(ex.answer == "yes" for ex in data[s]) / len(data[s]) for s in ("train", "test")]
+    assert all(0.35 < share < 0.65 for share in shares)
+    test_keys = {(ex.draft_context, ex.question) for ex in data["test"]}
+    assert not any((ex.draft_context, ex.question) in test_keys for ex in data["train"])
+    again = load_task("hf", {"source": "hidden_fact"}, 5, 100, 0)
+    assert [e.draft_context for e in again["test"]] == [e.draft_context for e in data["test"]]
+    with pytest.raises(ConfigError, match="task_specs.hf.digits"):
+        load_task("hf", {"source": "hidden_fact", "digits": 3}, 2, 2, 0)

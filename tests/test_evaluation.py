@@ -202,14 +202,28 @@ def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_pa
     summary = {"median_relative_delta": 0.025, "draft_share": 0.3}
     (tmp_path / "metrics/attribution/syllogism.json").write_text(json.dumps(
         {"before_dpo": summary, "after_dpo": {**summary, "median_relative_delta": 0.16}}))
+    # the draft-information check: Phase C loses 20 pp without its draft (p < 0.05) but only 2 pp with another's
+    def ablation(diff, p):
+        return {"ablation_of": "dpo", "diff_vs_full": diff, "diff_vs_full_ci_low": diff - 0.1,
+                "diff_vs_full_ci_high": diff + 0.1, "mcnemar_p_vs_full": p}
+    result = {"syllogism": {"dpo": {"accuracy": 0.7}, "dpo_no_draft": ablation(-0.2, 0.001),
+                            "dpo_shuffled_draft": ablation(-0.02, 0.7)},
+              "hidden_fact": {"dpo": {"accuracy": 0.8}, "dpo_no_draft": ablation(-0.3, 1e-5),
+                              "dpo_shuffled_draft": ablation(-0.25, 1e-4)}}
     pairs = compare_pairs(table, needed_pairs([], ["lockers"], ["svamp"]), 200, 0.95, 0)
-    checks = mechanism_checks(tmp_path, {}, pairs, {}, table, ["syllogism"], [], ["lockers"], ["svamp"])
+    checks = mechanism_checks(tmp_path, result, pairs, {}, table, ["syllogism", "hidden_fact"], [], ["lockers"],
+                              ["svamp"])
     by = {r["check"]: r for r in checks}
     assert by["reward trend @lockers"]["shown"] and "rho +0.10" in by["reward trend @lockers"]["ablation"]
     assert by["reward trend @lockers"]["interval"] == "rho [{:+.2f}, {:+.2f}]".format(*spearman_interval(0.6, 24))
     ig = by["IG completeness @syllogism"]
     assert not ig["shown"] and "3 of 4 attributions within it" in ig["effect"]  # the after-DPO median is 16%
     assert ig["interval"] == "[{:.1f}, {:.1f}]%".format(*(100 * x for x in wilson_interval(3, 4)))
+    partial, carried_by_draft = by["the draft carries information @syllogism"], by[
+        "the draft carries information @hidden_fact"]
+    assert not partial["shown"] and partial["p"] == 0.001 and "-20.0 pp" in partial["effect"]  # shuffling: -2 pp
+    assert carried_by_draft["shown"] and carried_by_draft["interval"] == "[-40.0, -20.0] pp"
+    assert by["Phase B vs base @hidden_fact"]["effect"].startswith("not run")
     accuracy = by["two-stage accuracy @lockers"]
     assert accuracy["shown"] and accuracy["p"] == pytest.approx(2 * 0.5 ** 20)
     assert "+50.0 pp" in accuracy["ablation"]  # non_markovian vs its base

@@ -116,3 +116,16 @@ def test_unloadable_model_paths_fail_clearly(tmp_path):
 def test_4bit_on_cpu_is_a_clear_error(tiny_base):
     with pytest.raises(ModelLoadError, match="needs a CUDA device"):
         load_for_training(tiny_base, "cpu", "4bit", LORA, None)
+
+
+def test_adapter_config_lists_target_modules_sorted(trained, tmp_path):
+    """PEFT writes the module set `all-linear` resolves to in hash-seed order; sorted, the same weights give the
+    same adapter folder (DVC's out hash) in every run."""
+    from cotlab.models import stable_adapter_config
+
+    saved = json.loads((trained / "adapter_config.json").read_text())["target_modules"]
+    assert saved == sorted(saved) and read_manifest(trained)["adapter"]["target_modules"] == saved
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "target_modules": ["v_proj", "down_proj",
+                                                                                          "q_proj"]}))
+    assert stable_adapter_config(tmp_path)["target_modules"] == ["down_proj", "q_proj", "v_proj"]
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"][0] == "down_proj"

@@ -292,6 +292,18 @@ def load_for_training(base_path: str | Path, device: str, quantization: str, lor
     return model, load_tokenizer(base_path), base_manifest
 
 
+def stable_adapter_config(folder: str | Path) -> dict:
+    """The adapter_config.json PEFT wrote in `folder`, rewritten with its target modules sorted: PEFT writes the
+    set `all-linear` resolves to in PYTHONHASHSEED order, so the same weights gave a different folder hash (DVC's
+    out hash) from run to run."""
+    path = Path(folder) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return config
+
+
 def save_adapter(model, tokenizer, out_dir: str | Path, base_path: str | Path, method: str, template: str,
                  quantization: str, params: dict, extra: dict | None = None, with_draft: bool = False,
                  extra_modules: dict[str, dict[str, torch.Tensor]] | None = None) -> dict:
@@ -307,7 +319,7 @@ def save_adapter(model, tokenizer, out_dir: str | Path, base_path: str | Path, m
     tokenizer.save_pretrained(tmp)
     for name, state in (extra_modules or {}).items():
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / f"{name}.safetensors"))
-    adapter_config = json.loads((tmp / "adapter_config.json").read_text())
+    adapter_config = stable_adapter_config(tmp)
     manifest = {
         "kind": "adapter",
         "method": method,

@@ -58,11 +58,13 @@ def display_answer(example: Example) -> str:
     return example.answer
 
 
-def question_block(example: Example) -> str:
-    """Facts (if any), the question and the options: what every prompt about an example starts with."""
+def question_block(example: Example, draft_facts: bool = False) -> str:
+    """Facts (if any), the question and the options: what every prompt about an example starts with. The facts
+    kept for the drafter and the teacher (`draft_context`) join only when `draft_facts` is set."""
     parts = []
-    if example.context:
-        parts.append(f"Facts:\n{example.context}")
+    facts = "\n".join(f for f in (example.context, example.draft_context if draft_facts else "") if f)
+    if facts:
+        parts.append(f"Facts:\n{facts}")
     parts.append(f"Question: {example.question}")
     if example.choices:
         parts.append("Options: " + " ".join(example.choices))

@@ -25,6 +25,9 @@ class Example:
     choices: list[str] = field(default_factory=list)
     reasoning: str = ""
     context: str = ""
+    # facts only the student's draft prompt and the teacher see (a draft-information task: the Phase A/B/C prompts
+    # show the question and the draft, so the draft is what carries them)
+    draft_context: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     weight: float = 1.0  # training weight (filter's `rebalance: weights`); training samples rows in proportion
 

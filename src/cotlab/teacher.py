@@ -429,7 +429,7 @@ def teacher_messages(example: Example, draft: str) -> list[dict[str, str]]:
     return [
         {"role": "system", "content": TEACHER_SYSTEM},
         {"role": "user", "content": (
-            f"{question_block(example)}\n\n"
+            f"{question_block(example, draft_facts=True)}\n\n"
             f"Student draft:\n{draft.strip() or '(no draft)'}\n\n"
             "Reply in exactly this format:\n"
             "Teaching Analysis: <what the draft gets right or wrong, in one or two sentences>\n"

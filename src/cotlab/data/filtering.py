@@ -76,7 +76,7 @@ def filter_examples(examples: Sequence[Example], drafts: dict[str, dict], teache
         agrees = is_correct(out.answer, ex.answer, ex.answer_type)
         agree += agrees
         n_words = len(out.reasoning.split())
-        question = normalize_question(ex.context + " " + ex.question)
+        question = normalize_question(" ".join((ex.context, ex.draft_context, ex.question)))
         reason = ("disagrees" if config.require_agreement and not agrees else
                   "too_short" if n_words < max(config.min_reasoning_words, 1) else
                   "too_long" if n_words > config.max_reasoning_words else

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cotlab.config import ConfigError
-from cotlab.data import lockers, personal_relations, syllogism
+from cotlab.data import hidden_fact, lockers, personal_relations, syllogism
 from cotlab.schema import ANSWER_TYPES, DataError, Example, read_jsonl
 
 BENCHMARKS = Path(__file__).parent / "benchmarks"
@@ -240,6 +240,7 @@ SPEC_KEYS = {
     "reasoning_gym": {"dataset", "config"},
     "personal_relations": {"universe", "hops", "n_people", "distractors"},
     "lockers": {"colours", "digits"},
+    "hidden_fact": set(),
     "hub": {"dataset", "subset", "split", "test_fraction"},
     "local": {"path", "test_path", "test_fraction", "fields", "answer_type"},
 }
@@ -348,6 +349,10 @@ def _lockers(name, spec, sizes, seed):
     return lockers.generate(sizes["train"], sizes["test"], seed, tuple(colours), digits)
 
 
+def _hidden_fact(name, spec, sizes, seed):
+    return hidden_fact.generate(sizes["train"], sizes["test"], seed)
+
+
 def _hub(name, spec, sizes, seed):
     dataset = _string(name, spec, "dataset", required=True)
     if dataset not in HUB:
@@ -444,7 +449,8 @@ def _local(name, spec, sizes, seed):
 
 LOADERS = {
     "gsm8k": _vendored_gsm8k, "strategyqa": _vendored_strategyqa, "svamp": _vendored_svamp, "aqua": _vendored_aqua,
-    "reasoning_gym": _reasoning_gym, "personal_relations": _personal_relations, "lockers": _lockers, "hub": _hub,
+    "reasoning_gym": _reasoning_gym, "personal_relations": _personal_relations, "lockers": _lockers,
+    "hidden_fact": _hidden_fact, "hub": _hub,
     "local": _local,
 }
 
@@ -467,12 +473,14 @@ def load_task(name: str, spec: dict, n_train: int | None, n_test: int | None, se
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise _bad(name, f"n_{split}", n, "must be a non-negative integer or null")
     sizes = {s: GENERATED_DEFAULT[s] if n is None else n for s, n in wanted.items()}
-    if source in ("reasoning_gym", "personal_relations", "lockers"):
+    if source in ("reasoning_gym", "personal_relations", "lockers", "hidden_fact"):
         wanted = sizes
     data = LOADERS[source](name, spec, sizes, seed)
 
-    test_questions = {normalize_question(ex.question) for ex in data["test"]}
-    data["train"] = [ex for ex in data["train"] if normalize_question(ex.question) not in test_questions]
+    # an example is its question with its draft-only facts: the same question over a different hidden fact is no leak
+    test_questions = {normalize_question(ex.draft_context + " " + ex.question) for ex in data["test"]}
+    data["train"] = [ex for ex in data["train"]
+                     if normalize_question(ex.draft_context + " " + ex.question) not in test_questions]
     out = {split: _subsample(data[split], wanted[split], _rng(seed, "subsample", split)) for split in ("train", "test")}
     for split, rows in out.items():
         if not rows and wanted[split] != 0:

@@ -18,6 +18,7 @@ from cotlab.evaluation.stats import mcnemar_exact, wilson_interval
 from cotlab.schema import read_jsonl
 
 ALPHA = 0.05
+DRAFT_DROP = 0.03  # the seed's bar for the no-draft and shuffled-draft ablations: accuracy falls by >= 3 pp
 IG_TARGET = 0.05  # the completeness error integrated gradients should stay under (relative to f(x) - f(x'))
 
 
@@ -157,6 +158,20 @@ def self_improving_checks(root: Path, task: str, result: dict) -> list[dict]:
                          f"({_pp(r['diff_vs_ref'])}, invalid {_pct(r['invalid_rate'])}, n={r['n']})",
                          _ci(r["diff_ci_low"], r["diff_ci_high"], points=True), r["mcnemar_p"],
                          "; ".join(ablations) or "-"))
+    # Does Phase C read the draft? The seed's bar: removing or shuffling the draft costs >= 3 pp (here also p < ALPHA)
+    drops = {m: models.get(f"dpo_{m}") for m in ("no_draft", "shuffled_draft")}
+    if "dpo" in models and all(a is not None and "diff_vs_full" in a for a in drops.values()):
+        no_draft, shuffled = drops["no_draft"], drops["shuffled_draft"]
+        rows.append(_row(system, f"the draft carries information @{task}",
+                         f"Phase C without its draft {_pp(no_draft['diff_vs_full'])}, with another question's draft "
+                         f"{_pp(shuffled['diff_vs_full'])} (p={shuffled['mcnemar_p_vs_full']:.3g}); bar: a drop of "
+                         f">= {100 * DRAFT_DROP:.0f} pp", _ci(no_draft["diff_vs_full_ci_low"],
+                                                          no_draft["diff_vs_full_ci_high"], points=True),
+                         no_draft["mcnemar_p_vs_full"], "no_draft and shuffled_draft evaluations of the same model",
+                         shown=all(a["diff_vs_full"] <= -DRAFT_DROP and a["mcnemar_p_vs_full"] < ALPHA
+                                   for a in drops.values())))
+    else:
+        rows.append(_missing(system, f"the draft carries information @{task}", f"eval/dpo_no_draft/{task}"))
     dpo = _read(root, f"metrics/train/dpo/{task}.json") or {}
     if "heldout.preference_accuracy" in dpo:
         # The implicit reward is 0 for a policy equal to its reference: shown when the interval clears chance (50%)

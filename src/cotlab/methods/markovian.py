@@ -46,7 +46,7 @@ from cotlab.errors import TrainingDivergedError
 from cotlab.schema import Example
 from cotlab.answers import extract_answer, is_correct
 from cotlab.evaluation.generate import lora_request, resolve_backend, vllm_engine
-from cotlab.models import read_manifest
+from cotlab.models import read_manifest, stable_adapter_config
 from cotlab.progress import progress
 from cotlab.prompts import display_answer, question_block
 
@@ -532,6 +532,7 @@ class Checkpoints:
         tmp = self.root / "latest.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
+        stable_adapter_config(tmp)
         opt = optimizer.state_dict()
         save_file({f"{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items() for k, v in s.items()},
                   str(tmp / "optimizer.safetensors"))

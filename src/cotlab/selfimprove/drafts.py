@@ -76,5 +76,5 @@ def draft_messages(example: Example) -> list[dict[str, str]]:
     return [
         {"role": "user", "content": _draft_request(f"Question: {question}", example.answer_type)},
         {"role": "assistant", "content": f"Answer: {answer}\nQuestions: {questions}"},
-        {"role": "user", "content": _draft_request(question_block(example), example.answer_type)},
+        {"role": "user", "content": _draft_request(question_block(example, draft_facts=True), example.answer_type)},
     ]
