@@ -11,7 +11,7 @@ import random
 
 from cotlab.schema import Example
 
-# 24 names x 12 things x 2 x 2 = 2304 (question, fact) pairs: a 100-question test split repeats few of them
+# 24 names x 12 things x 2 x 2 = 1152 (question, fact) pairs: a train row repeats a test pair with p ~ 100/1152
 NAMES = ("Maya", "Omar", "Lena", "Ravi", "Sofia", "Jonas", "Aiko", "Tom", "Nadia", "Pablo", "Ines", "Kofi",
          "Eva", "Hugo", "Mina", "Dev", "Zoe", "Ivan", "Lucia", "Sam", "Yara", "Felix", "Noor", "Ben")
 # each thing with its two mutually exclusive states
