@@ -137,13 +137,13 @@ def test_outputs_a_failed_run_never_reached_are_left_as_they_were(tmp_path, monk
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
     monkeypatch.chdir(tmp_path)
-    old, new = Path("metrics/drafts/gsm8k.json"), Path("data/drafts/gsm8k/train.jsonl")
+    old, new = Path("metrics/drafts/hidden_fact.json"), Path("data/drafts/hidden_fact/train.jsonl")
     old.parent.mkdir(parents=True)
     old.write_text("{}")
     started = time.time() + 1e-3
     time.sleep(0.01)
     new.parent.mkdir(parents=True)
     new.write_text("")
-    assert remove_partial_outputs(["stages/drafts.py", "gsm8k"], started) == ["data/drafts/gsm8k"]
+    assert remove_partial_outputs(["stages/drafts.py", "hidden_fact"], started) == ["data/drafts/hidden_fact"]
     assert old.exists() and not new.parent.exists()
     assert remove_partial_outputs(["stages/drafts.py", "no_such_task"], 0.0) == []
