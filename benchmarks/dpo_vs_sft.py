@@ -6,7 +6,10 @@ A DPO pair costs a forward and backward over chosen and rejected plus a referenc
 precompute_ref, one reference pass over the data up front, counted in its time). SFT runs on the chosen
 sequences alone (one example per pair) and on chosen + rejected (the same tokens DPO trains on).
 
-    python benchmarks/dpo_vs_sft.py [--tiny] [--n 32] [--repeats 2]
+    python benchmarks/dpo_vs_sft.py [--tiny] [--n 32] [--repeats 2] [--epochs 1]
+
+--epochs 4 is the demo's DPO schedule length: per-step reference passes cost 4 passes over the data, a precomputed
+reference one, so that is where precompute_ref saves (at one epoch both make one pass).
 """
 from __future__ import annotations
 
@@ -36,9 +39,9 @@ def phase_c_examples(n: int) -> list[Example]:
     return rows
 
 
-def time_dpo(path, pairs, precompute: bool) -> dict:
+def time_dpo(path, pairs, precompute: bool, epochs: int = 1) -> dict:
     model, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
-    config = dpo.DPOConfig(schedule=[dpo.DPOPhase(1, 0.1)], batch_size=8, logging_steps=100, precompute_ref=precompute)
+    config = dpo.DPOConfig(schedule=[dpo.DPOPhase(epochs, 0.1)], batch_size=8, logging_steps=100, precompute_ref=precompute)
     with PeakRSS() as mem:
         started = time.perf_counter()
         dpo.train(model, tokenizer, pairs, config, max_length=1024, seed=0)
@@ -46,10 +49,10 @@ def time_dpo(path, pairs, precompute: bool) -> dict:
     return {"seconds": seconds, "per_pair_s": seconds / len(pairs), "peak_rss_mb": mem.peak_mb}
 
 
-def time_sft(path, rows: list[Example], with_rejected: list[Example] | None) -> dict:
+def time_sft(path, rows: list[Example], with_rejected: list[Example] | None, epochs: int = 1) -> dict:
     model, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
     train = rows + (with_rejected or [])
-    config = sft.TrainConfig(lr=2e-4, epochs=1, with_draft=True, batch_size=8, logging_steps=100, padding_free=False)
+    config = sft.TrainConfig(lr=2e-4, epochs=epochs, with_draft=True, batch_size=8, logging_steps=100, padding_free=False)
     with PeakRSS() as mem:
         started = time.perf_counter()
         sft.train(model, tokenizer, train, config, template="cot", max_length=1024, seed=0, report_to=[])
@@ -61,6 +64,7 @@ def main(argv):
     name = model_arg(argv)
     n = int(argv[argv.index("--n") + 1]) if "--n" in argv else 32
     repeats = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 2
+    epochs = int(argv[argv.index("--epochs") + 1]) if "--epochs" in argv else 1
     path = base_model(name)
     rows = phase_c_examples(n)
     _, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
@@ -70,10 +74,10 @@ def main(argv):
                      for ex, p in zip(rows, pairs)]
     time_dpo(path, pairs[:8], False)  # warm-up: allocator, kernels, imports
     variants = {
-        "dpo": lambda: time_dpo(path, pairs, False),
-        "dpo_precomputed_ref": lambda: time_dpo(path, pairs, True),
-        "sft_chosen": lambda: time_sft(path, rows, None),
-        "sft_chosen_and_rejected": lambda: time_sft(path, rows, rejected_rows),
+        "dpo": lambda: time_dpo(path, pairs, False, epochs),
+        "dpo_precomputed_ref": lambda: time_dpo(path, pairs, True, epochs),
+        "sft_chosen": lambda: time_sft(path, rows, None, epochs),
+        "sft_chosen_and_rejected": lambda: time_sft(path, rows, rejected_rows, epochs),
     }
     runs = {k: [] for k in variants}
     for _ in range(repeats):
@@ -82,7 +86,8 @@ def main(argv):
     best = {k: min(rs, key=lambda r: r["seconds"]) for k, rs in runs.items()}
     sft_step = best["sft_chosen"]["per_pair_s"]
     result = {
-        "model": name, "n_pairs": len(pairs), **best,
+        "model": name, "n_pairs": len(pairs), "epochs": epochs, **best,
+        "dpo_precomputed_vs_per_step_ref": best["dpo_precomputed_ref"]["seconds"] / best["dpo"]["seconds"],
         "dpo_per_pair_vs_sft_example": best["dpo"]["per_pair_s"] / sft_step,
         "dpo_precomputed_per_pair_vs_sft_example": best["dpo_precomputed_ref"]["per_pair_s"] / sft_step,
         "dpo_vs_sft_same_tokens": best["dpo"]["seconds"] / best["sft_chosen_and_rejected"]["seconds"],
@@ -90,7 +95,7 @@ def main(argv):
                                               / best["sft_chosen_and_rejected"]["seconds"],
     }
     CACHE.mkdir(exist_ok=True)
-    (CACHE / f"dpo_vs_sft-{name.replace('/', '_')}.json").write_text(json.dumps(result, indent=2))
+    (CACHE / f"dpo_vs_sft-{name.replace('/', '_')}-{epochs}ep.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 
