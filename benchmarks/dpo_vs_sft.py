@@ -41,7 +41,8 @@ def phase_c_examples(n: int) -> list[Example]:
 
 def time_dpo(path, pairs, precompute: bool, epochs: int = 1) -> dict:
     model, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
-    config = dpo.DPOConfig(schedule=[dpo.DPOPhase(epochs, 0.1)], batch_size=8, logging_steps=100, precompute_ref=precompute)
+    config = dpo.DPOConfig(schedule=[dpo.DPOPhase(epochs, 0.1)], batch_size=8, logging_steps=100,
+                           precompute_ref=precompute)
     with PeakRSS() as mem:
         started = time.perf_counter()
         dpo.train(model, tokenizer, pairs, config, max_length=1024, seed=0)
@@ -52,7 +53,8 @@ def time_dpo(path, pairs, precompute: bool, epochs: int = 1) -> dict:
 def time_sft(path, rows: list[Example], with_rejected: list[Example] | None, epochs: int = 1) -> dict:
     model, tokenizer, _ = load_for_training(path, "cpu", "none", LORA, None)
     train = rows + (with_rejected or [])
-    config = sft.TrainConfig(lr=2e-4, epochs=epochs, with_draft=True, batch_size=8, logging_steps=100, padding_free=False)
+    config = sft.TrainConfig(lr=2e-4, epochs=epochs, with_draft=True, batch_size=8, logging_steps=100,
+                             padding_free=False)
     with PeakRSS() as mem:
         started = time.perf_counter()
         sft.train(model, tokenizer, train, config, template="cot", max_length=1024, seed=0, report_to=[])
