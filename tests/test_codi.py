@@ -168,9 +168,11 @@ def test_save_load_reproduces_the_predictions(model_and_tokenizer, tiny_base, tm
     merged = codi.generate(batch["question_ids"], batch["question_mask"], ids["eot"], 8)
     assert loaded.generate(batch["question_ids"], batch["question_mask"], ids["eot"], 8) == merged
     # The evaluation path (batches of 2, decoding) answers what the in-memory model answers on the same batches.
-    expected = [tokenizer.decode(tokens, skip_special_tokens=True) for start in (0, 2)
-                for tokens in codi.generate(*C.question_batch(tokenizer, examples[start:start + 2], ids).values(),
-                                            ids["eot"], 8)]
+    expected = []
+    for start in range(0, len(examples), 2):
+        pair = C.question_batch(tokenizer, examples[start:start + 2], ids)
+        expected += [tokenizer.decode(tokens, skip_special_tokens=True)
+                     for tokens in codi.generate(pair["question_ids"], pair["question_mask"], ids["eot"], 8)]
     assert all(expected)  # ordinary tokens, not only <bot>/<eot> (which decoding drops)
     evaluated = C.predict(loaded, tokenizer2, examples, manifest["token_ids"], 8, batch_size=2)
     assert [g.text for g in evaluated] == expected
