@@ -33,8 +33,20 @@ def test_evaluate_writes_every_field(tiny_base, examples):
 
 
 def _preds(correct, prefix="q"):
-    return [{"id": f"{prefix}{i}", "pred": "yes" if c else "no", "pred_strict": None, "correct": c,
-             "correct_strict": False, "truncated": False} for i, c in enumerate(correct)]
+    return [{"id": f"{prefix}{i}", "pred": "yes" if c else "no", "pred_strict": None, "gold": "yes",
+             "answer_type": "yes_no", "correct": c, "correct_strict": False, "truncated": False}
+            for i, c in enumerate(correct)]
+
+
+def _verdicts(correct, argument_correct):
+    """Transplant rows as transplant.predict writes them: the verdict (A or B), the gold, the argued candidate."""
+    rows = []
+    for i, (c, a) in enumerate(zip(correct, argument_correct)):
+        gold = "AB"[i % 2]
+        other = "BA"[i % 2]
+        rows.append({"id": f"q{i}", "pred": gold if c else other, "gold": gold, "correct": c,
+                     "argued": gold if a else other, "argument_correct": a, "follows_argument": c == a})
+    return rows
 
 
 def test_compare_pairs_models_on_the_same_questions(tmp_path):
@@ -53,10 +65,8 @@ def test_compare_pairs_models_on_the_same_questions(tmp_path):
 def test_verification_pairs_the_verdict_against_following_the_argument():
     # 40 items, the argument right on 30. "follower" always follows it; "checker" is right on 38 of 40.
     argument_correct = [True] * 30 + [False] * 10
-    follower = [{"id": f"q{i}", "correct": a, "argument_correct": a, "follows_argument": True}
-                for i, a in enumerate(argument_correct)]
-    checker = [{"id": f"q{i}", "correct": i < 38, "argument_correct": a, "follows_argument": a == (i < 38)}
-               for i, a in enumerate(argument_correct)]
+    follower = _verdicts(argument_correct, argument_correct)
+    checker = _verdicts([i < 38 for i in range(40)], argument_correct)
     table = {"svamp": {"transplant": checker, "no_transplant": follower}, "other": {"sft": _preds([True])}}
     result = verification(table, ("transplant", "transplant_masked", "no_transplant"), 500, 0.95, seed=0)
     assert set(result) == {"svamp"} and set(result["svamp"]) == {"transplant", "no_transplant"}
@@ -79,8 +89,7 @@ def test_each_system_gets_a_headline_summary_without_nan():
     from cotlab.evaluation.compare import summaries
 
     argument_correct = [True] * 30 + [True] * 10
-    checker = [{"id": f"q{i}", "correct": i < 38, "argument_correct": a, "follows_argument": a == (i < 38)}
-               for i, a in enumerate(argument_correct)]
+    checker = _verdicts([i < 38 for i in range(40)], argument_correct)
     table = {"t": {"base_zeroshot": _preds([False] * 40 + [True] * 20),
                    "dpo": _preds([True] * 30 + [False] * 10 + [True] * 20)},
              "pr": {"codi": _preds([True] * 10), "base_fewshot_cot": _preds([False] * 10)},
@@ -108,24 +117,29 @@ def test_the_report_embeds_figures_rendered_offline_and_skips_systems_that_did_n
     from cotlab.evaluation.figures import report_figures
     from cotlab.schema import write_csv
 
-    rates = {"invalid_rate": 0.0, "truncation_rate": 0.0}
+    rates = {"invalid_rate": 0.0, "truncation_rate": 0.0, "top_answer": "yes", "top_share": 0.5, "collapsed": False}
     result = {"t": {"base_zeroshot": {"n": 60, "accuracy": 0.5, "accuracy_ci_low": 0.38, "accuracy_ci_high": 0.62,
-                                      **rates},
+                                      **rates, "top_share": 0.95, "collapsed": True},
                     "sft": {"n": 60, "accuracy": 0.7, "accuracy_ci_low": 0.57, "accuracy_ci_high": 0.8, **rates}}}
     write_csv(tmp_path / "plots/sft/t.csv", [{"step": s, "epoch": s / 4, "loss": 2 - s / 4} for s in range(1, 5)])
     write_csv(tmp_path / "plots/codi/t.csv", [{"step": s, "loss": 3.0, "ce_student": 1.0, "ce_teacher": "" if s % 2
                                                else 0.5, "distill": 0.1} for s in range(1, 5)])  # a part not logged
     trained = {"sft": ["t"], "codi": ["t"], "markovian": ["arithmetic"], "transplant": ["svamp"]}
-    figures = report_figures(result, tmp_path / "plots", tmp_path / "figures", trained)
+    trivial = {"t": {"majority_answer": "no", "majority_accuracy": 0.6, "chance": 0.5}}
+    figures = report_figures(result, tmp_path / "plots", tmp_path / "figures", trained, trivial)
     names = [name for _, name in figures]
     assert names == ["accuracy.png", "training_loss.png", "codi_loss_parts.png"]  # no Markovian or transplant CSV
     for name in names:
         assert (tmp_path / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     first = (tmp_path / "figures" / "accuracy.png").read_bytes()
-    report_figures(result, tmp_path / "plots", tmp_path / "figures", trained)
+    report_figures(result, tmp_path / "plots", tmp_path / "figures", trained, trivial)
     assert (tmp_path / "figures" / "accuracy.png").read_bytes() == first  # the same bytes: no timestamp, no version
     report = markdown(result, "base_zeroshot", figures=[(t, f"figures/{n}") for t, n in figures])
-    assert "## Figures" in report and "![Accuracy per task, with 95% Wilson intervals](figures/accuracy.png)" in report
+    assert "## Figures" in report and "![Accuracy per task, with 95% Wilson intervals (dashed: majority class" in report
+    assert "| t | base_zeroshot | 60 | 50.0 |" in report and "**yes 95.0% collapsed**" in report
+    # the reference lines and the collapse mark change the picture
+    report_figures(result, tmp_path / "plots", tmp_path / "bare", trained)
+    assert (tmp_path / "bare" / "accuracy.png").read_bytes() != first
 
 
 def test_compare_refuses_different_test_sets(tmp_path):
@@ -180,8 +194,8 @@ def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_pa
     from cotlab.evaluation.stats import wilson_interval
 
     def rows(correct, carried):
-        return [{"id": f"q{i}", "correct": c, "pred": "1", "gold": "1", "answer_type": "number",
-                 "cot_contains_answer": k} for i, (c, k) in enumerate(zip(correct, carried))]
+        return [{"id": f"q{i}", "correct": c, "pred": str(1000 + i) if c else "0", "gold": str(1000 + i),
+                 "answer_type": "number", "cot_contains_answer": k} for i, (c, k) in enumerate(zip(correct, carried))]
 
     n = 30
     table = {"lockers": {"markovian": rows([True] * 20 + [False] * 10, [True] * 25 + [False] * 5),
@@ -224,7 +238,7 @@ def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_pa
     assert not partial["shown"] and partial["p"] == 0.001 and "-20.0 pp" in partial["effect"]  # shuffling: -2 pp
     assert carried_by_draft["shown"] and carried_by_draft["interval"] == "[-40.0, -20.0] pp"
     assert by["Phase B vs base @hidden_fact"]["effect"].startswith("not run")
-    accuracy = by["two-stage accuracy @lockers"]
+    accuracy = by["two-stage accuracy (greedy) @lockers"]
     assert accuracy["shown"] and accuracy["p"] == pytest.approx(2 * 0.5 ** 20)
     assert "+50.0 pp" in accuracy["ablation"]  # non_markovian vs its base
     carried = by["CoT carries the answer @lockers"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cotlab.config import ConfigError
 from cotlab.schema import DataError, read_jsonl
+from cotlab.evaluation.baselines import answer_profile, majority_answer, task_baselines, vs_strongest
 from cotlab.evaluation.stats import mcnemar_exact, paired_bootstrap_diff, summarize
 
 @dataclass
@@ -102,15 +103,56 @@ def paired(task: str, model: str, preds: list[dict], against: str, ref: list[dic
                         f"({len(preds)} vs {len(ref)} rows, {len(shared)} shared); re-run evaluation")
     a = [bool(ref_by_id[p["id"]]["correct"]) for p in shared]
     b = [bool(p["correct"]) for p in shared]
+    return _paired_vectors(a, b, n_resamples, confidence, seed)
+
+
+def _paired_vectors(a: list[bool], b: list[bool], n_resamples: int, confidence: float, seed: int) -> dict:
     boot = paired_bootstrap_diff(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
     return {"diff": boot["diff"], "ci_low": boot["ci_low"], "ci_high": boot["ci_high"],
             "mcnemar_p": mcnemar_exact(a, b)["p_value"]}
 
 
+def answer_type_of(preds: list[dict]) -> str:
+    """The rows' answer type; "label" for rows that name none (the transplant's candidate identifiers)."""
+    return preds[0].get("answer_type", "label") if preds else "label"
+
+
+def train_answers(path: str | Path) -> dict:
+    """A train split's gold answers and answer-set size, as `baselines` takes them: rows in the example schema
+    (answer, answer_type, choices) or the transplant's candidate rows (the correct candidate's identifier among
+    candidate_answers)."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise DataError(f"{path}: an empty train split has no majority class")
+    if "candidate_answers" in rows[0]:
+        return {"golds": [str(r["correct"]) for r in rows], "n_options": len(rows[0]["candidate_answers"])}
+    answer_type = rows[0].get("answer_type")
+    n_options = 2 if answer_type == "yes_no" else (
+        round(sum(len(r.get("choices") or []) for r in rows) / len(rows)) or None if answer_type == "choice" else None)
+    return {"golds": [str(r["answer"]) for r in rows], "n_options": n_options}
+
+
+def baselines(table: dict[str, dict[str, list[dict]]], train: dict[str, dict]) -> dict[str, dict]:
+    """Per task with a train split in `train` ({task: {"golds": [...], "n_options": k or None}}): the trivial
+    baselines of cotlab.evaluation.baselines on its test questions (read from any model's rows: all share them)."""
+    out = {}
+    for task, models in sorted(table.items()):
+        if task not in train or not models:
+            continue
+        preds = next(iter(models.values()))
+        answer_type = answer_type_of(preds)
+        majority = majority_answer(train[task]["golds"], answer_type)
+        out[task] = {"n_train": len(train[task]["golds"]), "answer_type": answer_type,
+                     **task_baselines(preds, answer_type, majority, train[task].get("n_options"))}
+    return out
+
+
 def compare(table: dict[str, dict[str, list[dict]]], reference: str, n_resamples: int, confidence: float,
-            seed: int, ablations: dict[str, str] | None = None) -> dict:
+            seed: int, ablations: dict[str, str] | None = None, trivial: dict[str, dict] | None = None) -> dict:
     """Per task and model: accuracy with its interval, the paired difference against `reference`, and for an
-    ablation (a key of `ablations`) also against the model it ablates."""
+    ablation (a key of `ablations`) also against the model it ablates. Every model also gets the share of its most
+    common answer, `collapsed`, balanced accuracy, and, where `trivial` (`baselines`) has its task, the difference
+    against the task's strongest trivial baseline with its p."""
     result: dict[str, dict] = {}
     for task, models in sorted(table.items()):
         result[task] = {}
@@ -118,6 +160,10 @@ def compare(table: dict[str, dict[str, list[dict]]], reference: str, n_resamples
             summary = summarize(preds)
             row = {k: summary[k] for k in ("n", "accuracy", "accuracy_ci_low", "accuracy_ci_high",
                                             "invalid_rate", "truncation_rate")}
+            row.update(answer_profile(preds, answer_type_of(preds)))
+            if task in (trivial or {}) and trivial[task]["answer_type"] == answer_type_of(preds):
+                row.update(vs_strongest(preds, answer_type_of(preds), trivial[task],
+                                        lambda a, b: _paired_vectors(a, b, n_resamples, confidence, seed)))
             if reference in models and model != reference:
                 d = paired(task, model, preds, reference, models[reference], n_resamples, confidence, seed)
                 row.update({"diff_vs_ref": d["diff"], "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
@@ -189,20 +235,53 @@ def _fmt_pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def _fmt_top(r: dict) -> str:
+    """"no 100%" and, when the model is collapsed, the flag a reader must not miss."""
+    top = f"{r['top_answer']} {_fmt_pct(r['top_share'])}%"
+    return f"**{top} collapsed**" if r["collapsed"] else top
+
+
+def _fmt_vs_baseline(r: dict) -> str:
+    if "baseline" not in r:
+        return "-"
+    return f"{100 * r['diff_vs_baseline']:+.1f} vs {r['baseline']} (p={r['p_vs_baseline']:.3g})"
+
+
+def baselines_markdown(trivial: dict[str, dict]) -> list[str]:
+    lines = ["## Trivial baselines", "",
+             "What an accuracy must beat before it means anything, per task on its test questions: the majority class "
+             "(the train split's most frequent answer, always answered), chance (1/k where the answer set is finite) "
+             "and, where the rows record an argument, following it. `strongest` is the one every model is tested "
+             "against in the accuracy table; a model whose most common answer takes >= 90% of the rows is "
+             "**collapsed**.", "",
+             "| task | majority answer (train) | majority % | chance % | follow the argument % | strongest |",
+             "|---|---|---|---|---|---|"]
+    for task, b in trivial.items():
+        lines.append(f"| {task} | {b['majority_answer']} | {_fmt_pct(b['majority_accuracy'])} | "
+                     f"{_fmt_pct(b['chance'])} | {_fmt_pct(b['follow_argument_accuracy'])} | {b['strongest']} |")
+    return lines + [""]
+
+
 def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
              verified: dict[str, dict[str, dict]] | None = None,
-             figures: list[tuple[str, str]] | None = None, mechanisms: str | None = None) -> str:
+             figures: list[tuple[str, str]] | None = None, mechanisms: str | None = None,
+             trivial: dict[str, dict] | None = None) -> str:
     """The report; `figures` are (title, path relative to the report) of the images it embeds after the tables;
-    `mechanisms`, the mechanism checks' section, comes first."""
+    `mechanisms`, the mechanism checks' section, comes first, then the trivial baselines (`trivial`)."""
     lines = [
         "# Comparison",
         "",
-        *([mechanisms.rstrip("\n"), "", "## Accuracy", ""] if mechanisms else []),
+        *([mechanisms.rstrip("\n"), ""] if mechanisms else []),
+        *(baselines_markdown(trivial) if trivial else []),
+        *(["## Accuracy", ""] if mechanisms or trivial else []),
         f"Accuracy (flexible extraction) with Wilson 95% intervals; differences are against `{reference}` on the "
-        "same questions (paired bootstrap interval, McNemar exact p).",
+        "same questions (paired bootstrap interval, McNemar exact p) and against the task's strongest trivial "
+        "baseline (McNemar, or an exact binomial test against chance). Balanced accuracy is the mean per-class "
+        "recall; the top answer is the model's most common one with its share of the rows.",
         "",
-        "| task | model | n | accuracy % | 95% CI | invalid % | truncated % | diff vs ref (pp) | diff 95% CI | McNemar p |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | model | n | accuracy % | 95% CI | balanced % | top answer | invalid % | truncated % | "
+        "diff vs ref (pp) | diff 95% CI | McNemar p | vs strongest baseline (pp) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, models in result.items():
         for model, r in models.items():
@@ -214,7 +293,9 @@ def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
             lines.append(
                 f"| {task} | {model} | {r['n']} | {_fmt_pct(r['accuracy'])} | "
                 f"[{_fmt_pct(r['accuracy_ci_low'])}, {_fmt_pct(r['accuracy_ci_high'])}] | "
-                f"{_fmt_pct(r['invalid_rate'])} | {_fmt_pct(r['truncation_rate'])} | {diff} | {ci} | {p} |"
+                f"{_fmt_pct(r.get('balanced_accuracy'))} | {_fmt_top(r)} | "
+                f"{_fmt_pct(r['invalid_rate'])} | {_fmt_pct(r['truncation_rate'])} | {diff} | {ci} | {p} | "
+                f"{_fmt_vs_baseline(r)} |"
             )
     ablation_rows = [(task, model, r) for task, models in result.items() for model, r in models.items()
                      if "ablation_of" in r]
@@ -269,9 +350,10 @@ def markdown(result: dict, reference: str, pairs: dict[str, dict] | None = None,
 
 def write_markdown(path: str | Path, result: dict, reference: str, pairs: dict[str, dict] | None = None,
                    verified: dict[str, dict[str, dict]] | None = None,
-                   figures: list[tuple[str, str]] | None = None, mechanisms: str | None = None) -> str:
+                   figures: list[tuple[str, str]] | None = None, mechanisms: str | None = None,
+                   trivial: dict[str, dict] | None = None) -> str:
     """Write `markdown`'s report to `path` (making its folder) and return it."""
-    report = markdown(result, reference, pairs, verified, figures, mechanisms)
+    report = markdown(result, reference, pairs, verified, figures, mechanisms, trivial)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report)
@@ -291,13 +373,15 @@ def _points(x: float | None) -> float | None:
 
 
 def summaries(result: dict, headline: dict[str, str], n_resamples: int, confidence: float, seed: int,
-              table: dict[str, dict[str, list[dict]]], verified: dict[str, dict[str, dict]] | None = None
-              ) -> dict[str, dict]:
+              table: dict[str, dict[str, list[dict]]], verified: dict[str, dict[str, dict]] | None = None,
+              trivial: dict[str, dict] | None = None) -> dict[str, dict]:
     """metrics/summary/<system>.json: "pp", each headline comparison's difference in points (null when a side was
     not evaluated); "effects", the same comparisons in full (accuracies, paired bootstrap interval, McNemar p);
-    "accuracy", every model of the system per task with its Wilson interval; for the transplant also the verdict
-    against following the argument. Every system has a file (dvc.yaml declares each)."""
-    out: dict[str, dict] = {name: {"pp": {}, "effects": {}, "accuracy": {}} for name in
+    "accuracy", every model of the system per task with its Wilson interval, the share of its top answer,
+    `collapsed`, balanced accuracy and its difference against the task's strongest trivial baseline; "baselines",
+    the trivial baselines of the system's tasks (`trivial`); for the transplant also the verdict against following
+    the argument. Every system has a file (dvc.yaml declares each)."""
+    out: dict[str, dict] = {name: {"pp": {}, "effects": {}, "accuracy": {}, "baselines": {}} for name in
                             ("self_improving", *SYSTEMS)}
     effects = compare_pairs(table, list(headline.values()), n_resamples, confidence, seed)
     for name, pair in headline.items():
@@ -308,7 +392,11 @@ def summaries(result: dict, headline: dict[str, str], n_resamples: int, confiden
     for task, models in result.items():
         for model, r in models.items():
             out[system_of(model)]["accuracy"].setdefault(task, {})[model] = {
-                k: r[k] for k in ("n", "accuracy", "accuracy_ci_low", "accuracy_ci_high")}
+                k: r[k] for k in ("n", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "balanced_accuracy",
+                                  "top_share", "collapsed", "baseline", "diff_vs_baseline", "p_vs_baseline")
+                if k in r}
+            if task in (trivial or {}):
+                out[system_of(model)]["baselines"][task] = trivial[task]
     for task, models in (verified or {}).items():
         for model, r in models.items():
             out["transplant"]["effects"][f"{model}_vs_argument@{task}"] = {

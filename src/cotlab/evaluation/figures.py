@@ -49,9 +49,11 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def accuracy_figure(result: dict[str, dict[str, dict]], path: Path) -> str:
+def accuracy_figure(result: dict[str, dict[str, dict]], path: Path, trivial: dict[str, dict] | None = None) -> str:
     """One panel per task: each model's accuracy (flexible extraction) with its Wilson interval, as points on a
-    0-100 % axis, so a reader sees at once which intervals overlap."""
+    0-100 % axis, so a reader sees at once which intervals overlap; the task's majority-class and chance levels
+    (`trivial`, compare.baselines) as reference lines, and a collapsed model (one answer on >= 90% of rows) drawn as a
+    red cross with "(collapsed)" beside its name."""
     plt = _pyplot()
     tasks = sorted(result)
     heights = [max(1.2, 0.32 * len(result[t]) + 0.6) for t in tasks]
@@ -62,14 +64,23 @@ def accuracy_figure(result: dict[str, dict[str, dict]], path: Path) -> str:
         acc = [100 * result[task][m]["accuracy"] for m in models]
         low = [a - 100 * result[task][m]["accuracy_ci_low"] for a, m in zip(acc, models)]
         high = [100 * result[task][m]["accuracy_ci_high"] - a for a, m in zip(acc, models)]
-        ax.errorbar(acc, range(len(models)), xerr=[low, high], fmt="o", color=palette()[0], ecolor="#555555",
-                    capsize=3, markersize=4)
-        ax.set_yticks(range(len(models)), models)
+        collapsed = [bool(result[task][m].get("collapsed")) for m in models]
+        ax.errorbar(acc, range(len(models)), xerr=[low, high], fmt="none", ecolor="#555555", capsize=3)
+        for y, (a, c) in enumerate(zip(acc, collapsed)):
+            ax.plot(a, y, "x" if c else "o", color="#d62728" if c else palette()[0], markersize=6 if c else 4)
+        levels = (trivial or {}).get(task, {})
+        for key, label, style in (("majority_accuracy", f"majority ({levels.get('majority_answer')})", "--"),
+                                  ("chance", "chance", ":")):
+            if levels.get(key) is not None:
+                ax.axvline(100 * levels[key], color="#7f7f7f", linestyle=style, linewidth=1, label=label)
+        ax.set_yticks(range(len(models)), [f"{m} (collapsed)" if c else m for m, c in zip(models, collapsed)])
         ax.set_ylim(-0.6, len(models) - 0.4)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
         ax.set_title(f"{task} (n = {result[task][models[0]]['n']})", loc="left", fontsize=10)
         ax.set_xlabel("accuracy % (95% Wilson interval)")
+        if levels:
+            ax.legend(fontsize=7, frameon=False, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -114,7 +125,7 @@ def lines_figure(panels: Sequence[tuple[str, Sequence[Series], str]], path: Path
 
 
 def report_figures(result: dict[str, dict[str, dict]], plots_dir: str | Path, out_dir: str | Path,
-                   train_tasks: dict[str, list[str]]) -> list[tuple[str, str]]:
+                   train_tasks: dict[str, list[str]], trivial: dict[str, dict] | None = None) -> list[tuple[str, str]]:
     """Every figure of the report into out_dir: (title, file name) in report order. `train_tasks` maps a trained
     model (sft, codi, markovian, ...) to the tasks it trained on."""
     plots, out = Path(plots_dir), Path(out_dir)
@@ -137,7 +148,8 @@ def report_figures(result: dict[str, dict[str, dict]], plots_dir: str | Path, ou
                                                            "test_follows_argument_rate")], "rate")
                   for m, t in tasks("transplant", "transplant_masked", "no_transplant")]
     figures = [
-        ("Accuracy per task, with 95% Wilson intervals", accuracy_figure(result, out / "accuracy.png")),
+        ("Accuracy per task, with 95% Wilson intervals (dashed: majority class; dotted: chance; red cross: collapsed)",
+         accuracy_figure(result, out / "accuracy.png", trivial)),
         ("Training loss per method and task", lines_figure(supervised, out / "training_loss.png")),
         ("CODI's loss parts: the student's CE, the teacher's CE, the distillation term",
          lines_figure(codi, out / "codi_loss_parts.png")),
