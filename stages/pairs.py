@@ -1,7 +1,8 @@
 """Stage pairs@<task>: DPO preference pairs from the filtered teacher data and the student's drafts
-(prompt = question + "Student draft: " + draft; chosen = the teacher's reasoning and answer; rejected = the draft
-when wrong, else a flipped answer); test.jsonl: the same on the test questions with their test drafts and the
-dataset's own reasoning as chosen (cotlab.data.pairs.heldout_examples), for DPO's held-out preference accuracy."""
+(prompt = question + "Student draft: " + draft; chosen = the teacher's reasoning and answer; rejected = the same
+reasoning concluding with the draft's answer when wrong, else with a flipped answer); test.jsonl: the same on the test
+questions with their test drafts and the dataset's own reasoning as chosen (cotlab.data.pairs.heldout_examples), for
+DPO's held-out preference accuracy."""
 from cotlab import tracking
 from cotlab.data.pairs import build_pairs
 from cotlab.schema import read_examples, read_jsonl, write_json, write_jsonl

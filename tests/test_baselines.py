@@ -140,3 +140,21 @@ def test_a_cot_that_names_every_code_does_not_single_out_the_answer(tmp_path):
                                                   [True] * 60 + [False] * 40)
     checks = {r["check"]: r for r in mechanism_checks(tmp_path, {}, {}, {}, table, [], [], ["lockers"], [], {})}
     assert checks["CoT singles out the answer @lockers"]["shown"] and checks["reward trend @lockers"]["shown"]
+
+
+@pytest.mark.parametrize("ci_low", [0.45, 0.6])
+def test_dpo_preference_row_reads_each_pair_kind_beside_the_phase_b_start(tmp_path, ci_low):
+    dpo = {"heldout.preference_accuracy": 0.7, "heldout.preference_accuracy_ci_low": ci_low,
+           "heldout.preference_accuracy_ci_high": 0.8, "heldout.n_pairs": 40, "heldout.policy_logprob_accuracy": 0.65,
+           "heldout.start_logprob_accuracy": 0.5, "heldout.logprob_accuracy_mcnemar_p": 0.03}
+    for kind, n in (("draft_wrong", 15), ("flipped", 25)):
+        dpo.update({f"heldout.by_made.{kind}.n_pairs": n, f"heldout.by_made.{kind}.preference_accuracy": 0.6,
+                    f"heldout.by_made.{kind}.start_logprob_accuracy": 0.4,
+                    f"heldout.by_made.{kind}.policy_logprob_accuracy": 0.55})
+    (tmp_path / "metrics/train/dpo").mkdir(parents=True)
+    (tmp_path / "metrics/train/dpo/syllogism.json").write_text(json.dumps(dpo))
+    rows = {r["check"]: r for r in mechanism_checks(tmp_path, {}, {}, {}, {}, ["syllogism"], [], [], [], {})}
+    row = rows["DPO held-out preference accuracy @syllogism"]
+    assert "draft_wrong (n=15): implicit 60.0%, log p 40.0% -> 55.0%" in row["ablation"]
+    assert "flipped (n=25)" in row["ablation"] and "50.0% at its Phase B start" in row["ablation"]
+    assert row["shown"] == (ci_low > 0.5)

@@ -128,37 +128,47 @@ def test_training_changes_lora_and_projection(model_and_tokenizer):
     model, tokenizer, ids = model_and_tokenizer
     codi = C.CODI(model, C.CODIConfig(num_latent=2))
     before = {n: p.detach().clone() for n, p in codi.named_parameters() if p.requires_grad}
+    rows = model.get_base_model().get_input_embeddings().weight  # tied: the output rows too
+    added = rows[[ids["bot"], ids["eot"]]].detach().clone()
+    # <bot>/<eot> start as resize_token_embeddings' mean-initialised rows: equal to within its 1e-5-scaled noise
+    assert 0 < float((added[0] - added[1]).abs().max()) < 1e-4
     metrics, curve = C.train(codi, tokenizer, math_examples(4), C.CODIConfig(
         num_latent=2, epochs=1, batch_size=2, lr=1e-3, warmup_ratio=0.0), ids, seed=0)
     assert metrics["train_steps"] == 2 and math.isfinite(metrics["train_loss"])
     assert all(set(C.LOGGED) <= set(row) for row in curve)
     after = dict(codi.named_parameters())
     assert all(not torch.equal(before[n], after[n]) for n in before if "lora_A" in n or n.startswith("prj"))
+    # and training leaves them as they are: the rows every test here uses are the rows a trained model has
+    assert torch.equal(rows[[ids["bot"], ids["eot"]]], added)
 
 
 def test_save_load_reproduces_the_predictions(model_and_tokenizer, tiny_base, tmp_path):
     """The checkpoint carries the adapter, the projection and the added rows: loaded, CODI predicts exactly what the
     trained model predicts once its LoRA is merged the same way. Loading merges LoRA into the bf16 base weights
     (cotlab.models.load_checkpoint), which rounds: against the unmerged model the thoughts agree to that rounding, not
-    bit for bit, and so greedy tokens need not (bf16 logits often tie, and a tie's argmax depends on the kernel)."""
+    bit for bit, and so greedy tokens need not (bf16 logits often tie, and a tie's argmax depends on the kernel).
+    <bot>/<eot> keep the rows training leaves them (add_codi_tokens' mean-initialised rows, frozen: see
+    test_training_changes_lora_and_projection), nearly equal to each other; a load that did not restore them would
+    draw fresh random rows, which the exact row check and the thoughts (the first is read at <bot>) both catch."""
     model, tokenizer, ids = model_and_tokenizer
     codi = C.CODI(model, C.CODIConfig(num_latent=3))
     with torch.no_grad():
         for p in codi.prj.parameters():
             p.add_(0.1 * torch.randn_like(p))
-        rows = model.get_base_model().get_input_embeddings().weight  # tied: the output rows too
-        rows[-2:] += 0.5 * rows[:-2].std() * torch.randn_like(rows[-2:])  # trained-looking <bot>/<eot>, distinct
     codi.eval()
+    n_base = len(tokenizer) - 2 - (tokenizer.pad_token == C.PAD)
+    added = model.get_base_model().get_input_embeddings().weight[n_base:].detach().clone()
     examples = math_examples()
     batch = C.question_batch(tokenizer, examples, ids)
     trained_thoughts, loaded_thoughts = [], []
     with torch.no_grad():
         codi.think(batch["question_ids"], batch["question_mask"], 3, record=trained_thoughts)
-    n_base = len(tokenizer) - 2 - (tokenizer.pad_token == C.PAD)
     C.save(codi, tokenizer, tmp_path / "codi", tiny_base, {"test": True}, n_base)
     loaded, tokenizer2, manifest = C.load(tmp_path / "codi", "cpu")
     assert manifest["token_ids"] == ids and manifest["codi"]["num_latent"] == 3
     assert tokenizer2.convert_tokens_to_ids([C.BOT, C.EOT]) == [ids["bot"], ids["eot"]]
+    reloaded_rows = loaded.lm.get_input_embeddings().weight[n_base:]
+    assert torch.equal(reloaded_rows, added.to(reloaded_rows.dtype))
     with torch.no_grad():
         loaded.think(batch["question_ids"], batch["question_mask"], 3, record=loaded_thoughts)
     for trained, reloaded in zip(trained_thoughts, loaded_thoughts, strict=True):

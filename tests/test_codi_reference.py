@@ -1,6 +1,7 @@
-"""CODI against its reference code, GitHub zhenyi4/codi at commit 4fd88d4 (the official implementation): the
-distillation loss and the GSM8k-Aug preprocessing, transcribed below with their file and line numbers, give what ours
-gives on the same inputs; the teacher's target pass runs in training mode, as there."""
+"""CODI against its reference code, GitHub zhenyi4/codi at commit 4fd88d4b76f7f7a4d912c07cfd4796ee9e0a0339 (the
+official implementation): the distillation loss, the distilled positions and the GSM8k-Aug preprocessing (rows, length
+filter, token sequences), transcribed below with their file and line numbers, give what ours gives on the same
+inputs; the teacher's target pass runs in training mode, as there."""
 import re
 
 import pytest
@@ -11,6 +12,7 @@ from conftest import LORA
 from cotlab.schema import Example
 from cotlab.data.sources import gsm8k_aug_row, normalize_number
 from cotlab.methods import codi as C
+from cotlab.prompts import question_block
 
 
 # ---------------------------------------------------------------- the reference, transcribed
@@ -35,9 +37,15 @@ def reference_distill_loss(outputs_hidden_states, ref_hidden_states, model_answe
     return distill_loss
 
 
-def reference_icot(example, include_last_cot=False):
-    """zhenyi4/codi train.py L263-287, the "icot" (GSM8k-Aug) branch of SupervisedDataset, without its tokenizer-
-    dependent max_token_num filter (L264-267). Returns (cot, answer text), or None where the row is skipped."""
+def reference_icot(example, tokenizer, max_token_num, include_last_cot=False):
+    """zhenyi4/codi train.py L235 and L263-287, the "icot" (GSM8k-Aug) branch of SupervisedDataset, unmodified (the
+    cot_list of L269 and L274-276 is built and never read). Returns (question, cot, answer), or None where the row is
+    skipped."""
+    question = f"{example['question']}"  # L235
+    # avoid OOM: remove very long data
+    token_num = len(tokenizer.encode(example["question"] + example["cot"] + example["answer"]))  # L265
+    if token_num > max_token_num:  # L266-267
+        return None
     cot = f"{example['cot']}".split(" ")  # L270
     if not include_last_cot:  # L271-272
         cot = cot[:-1]
@@ -46,7 +54,48 @@ def reference_icot(example, include_last_cot=False):
         return None
     answer = f"The answer is: {answer}"  # L283-284
     answer = answer.replace("####", "")
-    return " ".join(cot), answer  # L286-287
+    return question, " ".join(cot), answer  # L285-287
+
+
+def reference_preprocess(question, cot, answer, tokenizer, bot_id, eot_id):
+    """zhenyi4/codi train.py `preprocess` L175-202 for one row, with remove_eos True (both GSM8k-Aug scripts,
+    scripts/train_llama1b_gsm8k-aug.sh L40, train_gpt2_gsm8k-aug.sh L40): (encoder ids, teacher ids, decoder ids)."""
+    def tokenize(text):  # _tokenize_fn L64-77: one text, so no padding
+        return tokenizer(text, max_length=256, truncation=True)["input_ids"]
+
+    sources_id, cot_id, answers_id = tokenize(question), tokenize(cot), tokenize(answer)  # L175-177
+    answers_id = answers_id + [tokenizer.eos_token_id]  # L183
+    # L185-187 test the batch's first CoT for BOS and strip one token from every CoT and answer; a tokenizer adds BOS
+    # to every text or to none, so testing each row is the same
+    if cot_id[:1] == [tokenizer.bos_token_id]:
+        cot_id, answers_id = cot_id[1:], answers_id[1:]
+    ref_input_ids = sources_id + cot_id + answers_id  # L189
+    sources_id = sources_id + [bot_id]  # L197
+    answers_id = [eot_id] + answers_id  # L199-200
+    return sources_id, ref_input_ids, answers_id
+
+
+def reference_answer_positions(ref_input_ids, answers_id, tokenizer, model_name):
+    """The distilled positions: train.py L157-162 (get_answer_token_position: the token after the first match of
+    "The answer is:"), L204-210 (its ids, BOS removed), src/model.py L306-308 (one more for llama/qwen, whose " "
+    before a number is a token of its own) and L327-328 (one less: the position that predicts that token).
+    Returns (model_answer_position, ref_answer_position)."""
+    def get_answer_token_position(tokens, answer_prompts):  # L157-162
+        match_indices = (tokens.unfold(0, len(answer_prompts[0]), 1) == answer_prompts[0]).all(dim=1).nonzero(
+            as_tuple=True)[0].item()
+        return match_indices + len(answer_prompts[0])
+
+    answer_prompts = [torch.tensor(tokenizer.encode("The answer is:")),
+                      torch.tensor(tokenizer.encode("The next step result is:"))]  # L204
+    if answer_prompts[0][0] == tokenizer.bos_token_id:  # L205-207
+        answer_prompts[0] = answer_prompts[0][1:]
+        answer_prompts[1] = answer_prompts[1][1:]
+    ref_answer_position = torch.tensor([get_answer_token_position(x, answer_prompts) for x in ref_input_ids])
+    model_answer_position = torch.tensor([get_answer_token_position(x, answer_prompts) for x in answers_id])
+    if "llama" in model_name.lower() or "qwen" in model_name.lower():  # model.py L306-308
+        model_answer_position = model_answer_position + 1
+        ref_answer_position = ref_answer_position + 1
+    return model_answer_position - 1, ref_answer_position - 1  # L327-328
 
 
 # ---------------------------------------------------------------- distillation loss
@@ -110,26 +159,118 @@ ROWS = [
     {"question": "Q2?", "cot": "<<2*3=6>>", "answer": "6"},  # one step: the reference's CoT is left empty
     {"question": "Q3?", "cot": "<<4-9=-5>> <<-5*2=-10>>", "answer": "-10"},  # negative: skipped in training
     {"question": "Q4?", "cot": "<<1000+80=1080>> <<1080*1=1080>>", "answer": "1,080"},
+    # over the reference's max_token_num 200 (the Llama script) with any of the tokenizers here
+    {"question": "Tom " * 210 + "has how many?", "cot": "<<2+2=4>> <<4*3=12>>", "answer": "12"},
+    {"question": " Tom has  3 bags of 4 apples. ", "cot": "<<3*4=12>> <<12+1=13>>", "answer": "13"},  # spaces as given
 ]
+# The reference's form (the CODI preset's task_specs.gsm8k_aug) and cotlab's earlier one (params.yaml's), by name.
+REFERENCE_FORM = {"annotations": "keep", "max_token_num": 200, "question_format": "raw"}
+EARLIER_FORM = {"annotations": "strip", "max_token_num": None, "question_format": "labelled"}
 
 
 def brackets_off(cot: str) -> str:
-    return " ".join(re.findall(r"<<([^>]*)>>", cot))  # ours keeps the calculator steps without << >>
+    return " ".join(re.findall(r"<<([^>]*)>>", cot))  # the earlier form keeps the calculator steps without << >>
+
+
+def word_tokenizer(bos: bool = False):
+    """A GPT-2-like tokenizer built here (no download): GPT-2's byte-level pre-tokenizer, one token per piece, so
+    " 360" after "The answer is:" is one token, as in GPT-2; with `bos`, a BOS before every text, as Llama's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = [t for r in ROWS for t in (r["question"], f"Question: {r['question'].strip()}\n", r["cot"] + "\n",
+                                      brackets_off(r["cot"]) + "\n", r["question"] + r["cot"] + r["answer"],
+                                      f"The answer is: {normalize_number(r['answer'])}")]
+    pieces = sorted({piece for t in texts for piece, _ in pre.pre_tokenize_str(t)})
+    tok = Tokenizer(models.WordLevel(vocab={p: i for i, p in enumerate(["<s>", "</s>", "<unk>", *pieces])},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre, decoders.ByteLevel()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+TOKENIZERS = {"smollm2": None, "gpt2-like": False, "gpt2-like+bos": True}  # the tiny model's, then word_tokenizer's
+
+
+def pick(which, tokenizer):
+    return tokenizer if TOKENIZERS[which] is None else word_tokenizer(bos=TOKENIZERS[which])
+
+
+def ours(rows, tokenizer, include_last_cot=False, **form):
+    """Our training rows: gsm8k_aug_row, then the length filter CODI's training applies (codi.train)."""
+    built = [gsm8k_aug_row(row, f"gsm8k_aug-train-{i}", include_last_cot=include_last_cot, **form)
+             for i, row in enumerate(rows)]
+    return [ex for ex in built if ex is not None and C.within_max_token_num(tokenizer, ex)]
 
 
 @pytest.mark.parametrize("include_last_cot", [False, True])
-def test_gsm8k_aug_training_rows_match_the_reference(include_last_cot):
-    for i, row in enumerate(ROWS):
-        expected = reference_icot(row, include_last_cot)
-        ex = gsm8k_aug_row(row, f"gsm8k_aug-train-{i}", include_last_cot=include_last_cot)
-        if expected is None:
-            assert ex is None
-            continue
-        cot, answer = expected
-        assert ex.reasoning == brackets_off(cot)
-        assert ex.answer == normalize_number(answer.removeprefix("The answer is: "))
-        assert ex.metadata["solution"] == row["cot"]  # the full CoT stays at hand
-    assert gsm8k_aug_row(ROWS[1], "gsm8k_aug-train-1").reasoning == ""
+def test_gsm8k_aug_training_rows_match_the_reference(tokenizer, include_last_cot):
+    """In the reference's form (the CODI preset): the same rows survive the length filter and the negative-answer
+    skip, each with the raw question, the CoT with its << >> and the answer the reference writes. The limit is the
+    Llama script's 200, then one row's own count (kept: the reference drops only counts above it) and one less."""
+    counts = [len(tokenizer.encode(r["question"] + r["cot"] + r["answer"])) for r in ROWS]
+    assert max(counts) > 200 > min(counts)  # the filter has something to do
+    for limit in (200, counts[0], counts[0] - 1):
+        expected = [e for r in ROWS if (e := reference_icot(r, tokenizer, limit, include_last_cot)) is not None]
+        got = ours(ROWS, tokenizer, include_last_cot, **{**REFERENCE_FORM, "max_token_num": limit})
+        assert len(expected) < len(ROWS) - 1  # the negative row, and the long one at least
+        assert [(ex.question, ex.reasoning, C.answer_text(ex)) for ex in got] == expected
+        assert [ex.answer for ex in got] == [normalize_number(a.removeprefix("The answer is: ")) for *_, a in expected]
+    assert ours(ROWS[1:2], tokenizer, **REFERENCE_FORM)[0].reasoning == ""  # one step: the CoT left empty
+
+
+@pytest.mark.parametrize("which", list(TOKENIZERS))
+def test_gsm8k_aug_sequences_match_the_reference_preprocess(tokenizer, which):
+    """The reference's form, tokenised by codi.encode: the student's question + <bot>, the teacher's sequence and the
+    student's <eot> + answer are the reference's ids (train.py preprocess), for tokenizers with and without BOS."""
+    tok = pick(which, tokenizer)
+    bot_id, eot_id = len(tok), len(tok) + 1  # bare ids after the vocabulary, as the reference's (model.py L173-175)
+    rows = ours(ROWS, tok, **REFERENCE_FORM)
+    expected = [reference_preprocess(*e, tok, bot_id, eot_id) for r in ROWS
+                if (e := reference_icot(r, tok, REFERENCE_FORM["max_token_num"])) is not None]
+    assert len(rows) == len(expected) >= 3
+    for ex, (sources_id, ref_input_ids, answers_id) in zip(rows, expected):
+        encoded = C.encode(tok, ex)
+        assert encoded.question + [bot_id] == sources_id
+        assert encoded.teacher == ref_input_ids
+        assert [eot_id] + encoded.answer == answers_id
+
+
+def test_gsm8k_aug_earlier_form_is_an_option(tokenizer):
+    """params.yaml's form: the steps without << >>, no length filter, the question stripped and labelled
+    ("Question: ...\n", a newline after the CoT too): what cotlab fed before, and still feeds every other task."""
+    rows = ours(ROWS, tokenizer, **EARLIER_FORM)
+    assert [ex.question for ex in rows] == [r["question"].strip() for r in ROWS if not r["answer"].startswith("-")]
+    assert rows[0].reasoning == brackets_off(" ".join(ROWS[0]["cot"].split(" ")[:-1]))
+    assert all("max_token_num" not in ex.metadata for ex in rows)
+    encoded = C.encode(tokenizer, rows[0])
+    assert encoded.question == tokenizer(question_block(rows[0]) + "\n")["input_ids"]
+    assert encoded.cot == tokenizer(rows[0].reasoning + "\n", add_special_tokens=False)["input_ids"]
+    assert gsm8k_aug_row(ROWS[0], "gsm8k_aug-train-0") == gsm8k_aug_row(ROWS[0], "gsm8k_aug-train-0", **EARLIER_FORM)
+
+
+@pytest.mark.parametrize("which, model_name", [("smollm2", "meta-llama/Llama-3.2-1B-Instruct"),
+                                               ("gpt2-like", "gpt2"), ("gpt2-like+bos", "gpt2")])
+def test_distill_positions_match_the_reference(tokenizer, which, model_name):
+    """The positions whose hidden states are distilled, found by the reference's rule on the reference's own ids
+    (model name and all: SmolLM2's tokenizer, like Llama 3's, writes the " " before a number as a token of its own,
+    GPT-2's joins it to the number) are the ones our collate gives the loss: in a right-padded batch of rows of
+    different lengths, both forms, an empty CoT among them."""
+    tok = pick(which, tokenizer)
+    bot_id, eot_id = len(tok), len(tok) + 1
+    rows = [*ours(ROWS, tok, **REFERENCE_FORM), *ours(ROWS, tok, **EARLIER_FORM)]
+    encoded = [C.encode(tok, ex) for ex in rows]
+    assert len({len(e.teacher) for e in encoded}) > 2 and any(not e.cot for e in encoded)
+    batch = C.collate(encoded, tok.eos_token_id, bot_id, eot_id)
+    assert batch["teacher_mask"].min() == 0  # padded (the answers too where they differ in length)
+    unpadded = reference_answer_positions([torch.tensor(e.teacher) for e in encoded],
+                                          [torch.tensor([eot_id] + e.answer) for e in encoded], tok, model_name)
+    padded = reference_answer_positions(list(batch["teacher_ids"]), list(batch["answer_ids"]), tok, model_name)
+    assert torch.equal(unpadded[0], padded[0]) and torch.equal(unpadded[1], padded[1])
+    assert torch.equal(batch["student_position"], unpadded[0])
+    assert torch.equal(batch["teacher_position"], unpadded[1])
 
 
 def test_gsm8k_aug_test_rows_stay_whole():
@@ -137,6 +278,8 @@ def test_gsm8k_aug_test_rows_stay_whole():
     ex = gsm8k_aug_row(ROWS[2], "gsm8k_aug-test-2")
     assert (ex.answer, ex.reasoning) == ("-10", "4-9=-5 -5*2=-10")
     assert gsm8k_aug_row(ROWS[0], "gsm8k_aug-test-0").reasoning.endswith("600-240=360")
+    kept = gsm8k_aug_row(ROWS[4], "gsm8k_aug-test-4", **REFERENCE_FORM)
+    assert kept.reasoning == ROWS[4]["cot"] and "max_token_num" not in kept.metadata  # the long one too
     assert gsm8k_aug_row(ROWS[2], "x", train=True) is None  # an explicit choice wins over the id
 
 

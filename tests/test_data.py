@@ -251,6 +251,10 @@ def test_empty_split_error(tmp_path):
     ({"source": "personal_relations", "hops": [3, 1]}, r"task_specs\.bad\.hops.*\[3, 1\]"),
     ({"source": "personal_relations", "universe": "yes"}, r"task_specs\.bad\.universe.*'yes'"),
     ({"source": "hub", "dataset": "imagenet"}, r"task_specs\.bad\.dataset.*'imagenet'"),
+    ({"source": "hub", "dataset": "gsm8k_aug", "annotations": "drop"}, r"task_specs\.bad\.annotations.*'drop'"),
+    ({"source": "hub", "dataset": "gsm8k_aug", "question_format": "plain"}, r"task_specs\.bad\.question_format"),
+    ({"source": "hub", "dataset": "gsm8k_aug", "max_token_num": 0}, r"task_specs\.bad\.max_token_num.*0"),
+    ({"source": "hub", "dataset": "gsm8k", "max_token_num": 200}, r"task_specs\.bad\.max_token_num.*only .*gsm8k_aug"),
     ({"source": "local", "path": "x.jsonl", "answer_type": "float"}, r"task_specs\.bad\.answer_type.*'float'"),
 ])
 def test_config_errors(spec, pattern):

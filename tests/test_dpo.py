@@ -60,9 +60,47 @@ def test_unknown_variants_are_named():
 def test_schedule_by_epoch():
     betas = [phase_at(DEFAULT_SCHEDULE, e) for e in (0.0, 0.99, 1.0, 2.5, 3.0, 3.9, 7.0)]
     assert [p.beta for p in betas] == [0.05, 0.05, 0.1, 0.1, 0.1, 0.1, 0.1]
-    assert [p.calibration for p in betas] == ["none", "none", "batch_mean", "batch_mean", "batch_mean",
-                                              "batch_mean", "batch_mean"]
+    assert [p.calibration for p in betas] == ["none"] * 2 + ["cal_dpo"] * 5  # batch_mean cannot fall below log 2
     assert [p.robust for p in betas] == ["none"] * 4 + ["drop_top"] * 3
+
+
+def test_params_yaml_runs_the_default_schedule():
+    from dataclasses import asdict
+    from pathlib import Path
+
+    import yaml
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert params["dpo"]["schedule"] == [asdict(phase) for phase in DEFAULT_SCHEDULE]
+
+
+def test_batch_mean_has_a_log_2_floor_and_cal_dpo_has_none():
+    """batch_mean centres the gaps, which then sum to zero; -log sigmoid is convex, so by Jensen the batch's mean
+    loss is >= -log sigmoid(0) = log 2, equal when all gaps are equal. Cal-DPO's falls towards 0 once the log-ratios
+    reach their targets +-1/(2 beta); and training the log-ratios directly drives it there, not batch_mean's."""
+    g = torch.Generator().manual_seed(0)
+    for beta in (0.05, 0.1, 1.0):
+        for n in (2, 3, 8, 33):
+            for _ in range(50):
+                r_w, r_l = torch.randn(2, n, generator=g, dtype=torch.float64) * 10
+                assert pair_losses(r_w, r_l, beta, "batch_mean").mean().item() >= math.log(2) - 1e-12
+            equal = torch.full((n,), 3.0, dtype=torch.float64)
+            assert pair_losses(equal, -equal, beta, "batch_mean").mean().item() == pytest.approx(math.log(2), 1e-12)
+        target = torch.full((4,), 1 / (2 * beta), dtype=torch.float64)
+        at_target = pair_losses(target, -target, beta, "cal_dpo").mean().item()
+        assert at_target == pytest.approx(-log_sigmoid(1 / beta), rel=1e-9) and at_target < 0.5 * math.log(2)
+    final = {}
+    for calibration in ("batch_mean", "cal_dpo"):
+        r = torch.zeros(2, 8, dtype=torch.float64, requires_grad=True)  # r_w, r_l, starting at the reference
+        optimizer = torch.optim.Adam([r], lr=0.05)
+        for _ in range(300):
+            optimizer.zero_grad()
+            loss = pair_losses(r[0], r[1], 0.1, calibration).mean()
+            loss.backward()
+            optimizer.step()
+        final[calibration] = (loss.item(), (r[0] - r[1]).min().item())
+    assert final["batch_mean"][0] >= math.log(2) - 1e-12 and final["batch_mean"][1] > 5  # margins grew, loss did not
+    assert final["cal_dpo"][0] < 0.05 and final["cal_dpo"][1] > 5  # trained: every margin large, the loss near 0
 
 
 @pytest.mark.parametrize("calibration,robust", [("none", "none"), ("batch_mean", "drop_top"),
@@ -112,7 +150,7 @@ def test_dpo_train_on_pairs_from_filtered_examples(tiny_base, examples):
     pairs, metrics = build_pairs(filtered, tokenizer, seed=0)
     assert metrics["n_pairs"] == 12 and metrics["made.draft_wrong"] + metrics["made.flipped"] == 12
     wrong_drafts = [p for p in pairs if p["made"] == "draft_wrong"]
-    assert wrong_drafts and all(p["rejected"].startswith("Answer: ") for p in wrong_drafts)
+    assert wrong_drafts  # their sides share one template: test_every_pair_differs_only_in_its_conclusion
     assert all("Student draft: " in p["prompt"] and p["chosen"] != p["rejected"] for p in pairs)
     config = DPOConfig(schedule=[DPOPhase(1, 0.1, "none", "none"), DPOPhase(1, 0.1, "cal_dpo", "dr_dpo")],
                        lr=5e-3, batch_size=6)
@@ -215,6 +253,52 @@ def test_heldout_pairs_hold_the_test_drafts_and_the_oracle_teachers_reasoning(to
     assert all("Student draft: Answer: Yes - it is." in p["prompt"] for p in pairs[::2])
 
 
+def test_every_pair_differs_only_in_its_conclusion(tokenizer, examples):
+    """Chosen and rejected share one template, the teacher's reasoning then "The answer is: X": both sides' lines
+    above the answer line are exactly the reasoning the teacher wrote (as parse_teacher left it), and only the final
+    answer differs, chosen right and rejected wrong (the draft's own answer when the draft is wrong). A rejected side
+    in another format (the raw draft, "Answer: No - ...") would let a model tell the sides apart by format alone."""
+    from dataclasses import replace
+
+    from cotlab.answers import extract_answer, is_correct
+    from cotlab.data.pairs import build_pairs, heldout_examples
+    from cotlab.formats import parse_draft
+
+    def with_drafts(exs, drafts, **change):
+        return [replace(ex, **change, metadata={**ex.metadata, "draft": drafts[i % len(drafts)]})
+                for i, ex in enumerate(exs)]
+
+    yes_no = ["Answer: Yes - it is.\nQuestions: Is it? Why?", "Answer: No - it is not.", "I would say no.", "", "hmm"]
+    train = examples["train"]
+    test, _ = heldout_examples(examples["test"], {ex.id: yes_no[i % 5] for i, ex in enumerate(examples["test"])})
+    sets = [with_drafts(train, yes_no), test,
+            [replace(ex, answer=str(10 + i)) for i, ex in enumerate(with_drafts(
+                train[:8], ["Answer: 10 - ten.", "Answer: 7 - seven.", "", "It is 99."], answer_type="number"))],
+            with_drafts(train[:8], ["Answer: C - no.", "Answer: B - yes.", "Answer: A"], answer_type="choice",
+                        answer="B", choices=["A) x", "B) y", "C) z"])]
+    made = []
+    for exs in sets:
+        pairs, _ = build_pairs(exs, tokenizer, seed=0)
+        for pair, ex in zip(pairs, exs, strict=True):
+            sides = {}
+            for side in ("chosen", "rejected"):
+                assert pair[side].endswith(tokenizer.eos_token)
+                *body, last = pair[side].removesuffix(tokenizer.eos_token).split("\n")
+                assert "\n".join(body) == ex.reasoning.strip() and body, (side, pair[side])  # the teacher's lines
+                assert last.startswith("The answer is: "), (side, pair[side])
+                sides[side] = extract_answer(last, ex.answer_type, strict=True)
+            assert is_correct(sides["chosen"], ex.answer, ex.answer_type)
+            assert sides["rejected"] is not None and not is_correct(sides["rejected"], ex.answer, ex.answer_type)
+            draft = parse_draft(ex.metadata["draft"], ex.answer_type)
+            drafted = draft.answer if draft.ok else draft.answer_flexible
+            if pair["made"] == "draft_wrong":
+                assert sides["rejected"] == drafted  # the draft's wrong answer, in the teacher's template
+            else:
+                assert pair["made"] == "flipped" and (drafted is None or is_correct(drafted, ex.answer, ex.answer_type))
+            made.append((ex.answer_type, pair["made"]))
+    assert {(t, m) for t in ("yes_no", "number", "choice") for m in ("draft_wrong", "flipped")} <= set(made)
+
+
 def test_preference_metrics_match_a_hand_computation():
     from cotlab.evaluation.stats import wilson_interval
     from cotlab.methods.dpo import preference_metrics
@@ -233,6 +317,15 @@ def test_preference_metrics_match_a_hand_computation():
     assert m["logprob_accuracy_gain"] == pytest.approx(-0.25) and m["logprob_accuracy_mcnemar_p"] == 1.0
     assert m["by_made.flipped.n_pairs"] == 3 and m["by_made.flipped.preference_accuracy"] == 1.0
     assert m["by_made.draft_wrong.preference_accuracy"] == 0.0
+    # per kind, the trained policy next to its start: flipped = pairs 1, 3, 4 (policy wins 1, 3; start 3, 4; McNemar
+    # b = c = 1), draft_wrong = pair 2 (start only)
+    assert m["by_made.flipped.mean_margin"] == pytest.approx(0.5 * (1 + 0.5 + 0.5) / 3)
+    assert m["by_made.flipped.policy_logprob_accuracy"] == m["by_made.flipped.start_logprob_accuracy"] == 2 / 3
+    assert m["by_made.flipped.logprob_accuracy_mcnemar_p"] == 1.0
+    assert m["by_made.draft_wrong.mean_margin"] == pytest.approx(0.5 * -1.5)
+    assert (m["by_made.draft_wrong.policy_logprob_accuracy"], m["by_made.draft_wrong.start_logprob_accuracy"]) == (0, 1)
+    no_start = preference_metrics({k: v for k, v in logps.items() if not k.startswith("start")}, 0.5, ["a"] * 4)
+    assert no_start["by_made.a.policy_logprob_accuracy"] == 0.5 and "by_made.a.start_logprob_accuracy" not in no_start
 
 
 def _completion_logp(model, tokenizer, prompt: str, completion: str) -> float:
@@ -299,6 +392,11 @@ def test_heldout_metrics_match_a_hand_computation_on_a_tiny_model(tiny_base, exa
     assert got["policy_logprob_accuracy"] == sum(a > b for a, b in zip(pc, pr)) / 8
     assert got["start_logprob_accuracy"] == sum(a > b for a, b in zip(sc, sr)) / 8
     assert got["by_made.flipped.n_pairs"] == 4 and model.training  # the model's mode is restored
+    for i, how in enumerate(("draft_wrong", "flipped")):  # per kind, through heldout_metrics' reordering by length
+        kind = range(i, 8, 2)
+        assert got[f"by_made.{how}.preference_accuracy"] == sum(margins[j] > 0 for j in kind) / 4
+        assert got[f"by_made.{how}.policy_logprob_accuracy"] == sum(pc[j] > pr[j] for j in kind) / 4
+        assert got[f"by_made.{how}.start_logprob_accuracy"] == sum(sc[j] > sr[j] for j in kind) / 4
 
     oriented = [p if x > 0 else {**p, "chosen": p["rejected"], "rejected": p["chosen"]} for p, x in zip(pairs, margins)]
     best = heldout_metrics(trainer, model, oriented, beta, batch_size=8)

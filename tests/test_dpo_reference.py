@@ -5,6 +5,7 @@ import contextlib
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,30 +74,45 @@ def test_dr_dpo_equals_the_official_loss(dr_beta):
     assert torch.allclose(a.grad, b.grad, rtol=1e-10)
 
 
-def small_loss_kept(losses, forget_rate):
-    """The small-loss trick of Co-teaching (Han et al., NeurIPS 2018), bhanML/Co-teaching loss.py L10-11, L17-18,
-    L23, L29 (commit 03f0c453f964ea4cbf8149260498d7ac0ff5e3fa): sort the mini-batch's losses, keep the
-    num_remember = int((1 - forget_rate) * n) smallest, average over them. (junkangwu/beta-DPO trainers.py L81,
-    commit 8280272e3077658319488b980c9b0b9dd7d947fe, keeps int(n * (1 - mode_weight)) pairs the same way, though it
-    samples them by margin rather than by loss.)"""
-    ind_1_sorted = torch.argsort(losses)
-    loss_1_sorted = losses[ind_1_sorted]
-    remember_rate = 1 - forget_rate
-    num_remember = int(remember_rate * len(loss_1_sorted))
-    ind_1_update = ind_1_sorted[:num_remember]
-    return torch.sum(losses[ind_1_update]) / num_remember, len(losses) - num_remember
+def official_co_teaching(loss_1, loss_2, forget_rate):
+    """bhanML/Co-teaching loss.py L8-29, loss_coteaching (commit 03f0c453f964ea4cbf8149260498d7ac0ff5e3fa, the file
+    unchanged at 7c7fbe23e15e517db76a0882b6d108e4508e09d6), with each network's per-sample cross-entropy given (L9,
+    L13: reduce=False) and F.cross_entropy's default mean over a subset written as .mean() (L26-27); the pure_ratio
+    diagnostics (L20-21, the share of clean labels kept) left out. Returns L29's losses and the two selections."""
+    ind_1_sorted = np.argsort(loss_1.data.numpy())  # L10 (.numpy() for NumPy 2, .cuda() dropped)
+    loss_1_sorted = loss_1[ind_1_sorted]  # L11
+    ind_2_sorted = np.argsort(loss_2.data.numpy())  # L14
+    loss_2_sorted = loss_2[ind_2_sorted]  # L15
+    remember_rate = 1 - forget_rate  # L17
+    num_remember = int(remember_rate * len(loss_1_sorted))  # L18
+    ind_1_update = ind_1_sorted[:num_remember]  # L23: network 1's small-loss samples
+    ind_2_update = ind_2_sorted[:num_remember]  # L24
+    # exchange
+    loss_1_update = loss_1[ind_2_update].mean()  # L26: network 1 is updated on network 2's selection
+    loss_2_update = loss_2[ind_1_update].mean()  # L27
+    return torch.sum(loss_1_update)/num_remember, torch.sum(loss_2_update)/num_remember, ind_1_update, ind_2_update
 
 
 @pytest.mark.parametrize("fraction", [0.05, 0.15, 0.3, 0.5])
 @pytest.mark.parametrize("n", [2, 3, 4, 6, 7, 8, 16, 33])
 def test_drop_top_keeps_the_small_loss_pairs_like_co_teaching(fraction, n):
+    """drop_top is Co-teaching's small-loss selection (L10-11, L17-18, L23) for one network, an adaptation: Co-teaching
+    trains two networks and updates each on the samples its peer ranks small-loss (the exchange, L26-27); one network
+    keeps its own. That is the reference with the peer the same network (loss_2 = loss_1), where the exchange hands each
+    its own selection. Two differences, named: L29 divides the already averaged loss (L26) by num_remember once more,
+    drop_top takes the plain mean of the kept losses; and drop_top keeps at least one pair where L18 would keep 0."""
     g = torch.Generator().manual_seed(n)
-    losses = torch.rand(n, generator=g, dtype=torch.float64) * 3
-    expected, expected_dropped = small_loss_kept(losses, fraction)
+    losses = (torch.rand(n, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    returned, _, ind_1_update, ind_2_update = official_co_teaching(losses, losses, fraction)
+    num_remember = len(ind_1_update)
+    assert np.array_equal(ind_1_update, ind_2_update)  # one network: its peer's selection is its own
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # n >= 2 always drops something: no too-small warning
         loss, dropped = aggregate(losses, "drop_top", drop_fraction=fraction)
-    assert dropped == expected_dropped >= 1 and loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert dropped == n - num_remember >= 1
+    assert loss.item() == pytest.approx(returned.item() * num_remember, rel=1e-12)  # the mean L26 takes, before L29
+    loss.backward()
+    assert set(torch.nonzero(losses.grad).flatten().tolist()) == set(ind_1_update.tolist())  # trained on those only
 
 
 def test_drop_top_examples():

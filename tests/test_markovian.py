@@ -66,7 +66,7 @@ def run_step(actor, config, questions=None, state=None):
 
 
 def test_ppo_ratio_is_one_on_the_first_update_against_the_sampling_policy(actor):
-    monitors = run_step(actor, small_config(use_ppo=True, ppo_epochs=3, questions_per_step=2))
+    monitors = run_step(actor, small_config(use_ppo=True, ppo_form="per_token", ppo_epochs=3, questions_per_step=2))
     first, *later = monitors["updates"]
     assert first["ppo_ratio_mean"] == pytest.approx(1.0, abs=1e-6)
     assert first["ppo_ratio_max"] == pytest.approx(1.0, abs=1e-6) and first["clip_fraction"] == 0
@@ -81,11 +81,15 @@ def lora_snapshot(model):
 
 def test_actor_reward_term_has_a_gradient(actor):
     """group_size 1 with the EMA baseline starting at r: A = 0, so with kl_penalty 0 the actor-reward term is the
-    whole loss. It must move the adapter (the reference computes it under no_grad, which drops it)."""
+    whole loss. actor_reward_gradient (cotlab's form): it moves the adapter. The reference's form (the default): the
+    actor scores r under no_grad (src/evaluation.py L223), so the same step has no gradient at all."""
     model, _ = actor
-    before = lora_snapshot(model)
     config = small_config(group_size=1, baseline="ema", kl_penalty=0.0, actor_reward_weight=1.0)
-    monitors = run_step(actor, config, arithmetic(1))
+    reference = run_step(actor, config, arithmetic(1))
+    assert not config.actor_reward_gradient and reference["grad_norm"] == 0
+
+    before = lora_snapshot(model)
+    monitors = run_step(actor, dataclasses.replace(config, actor_reward_gradient=True), arithmetic(1))
     assert monitors["pg_loss"] == 0 and monitors["grad_norm"] > 0
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if p.requires_grad)
 
@@ -236,3 +240,109 @@ def test_cot_carries_the_answer_as_a_whole_word():
     assert M.cot_carries("4821", "4821") and M.cot_carries("code:4821,", "4821")
     assert not M.cot_carries("codes 48213 and 14821", "4821")
     assert not M.cot_carries("about 4821.5", "4821")
+
+
+def locker(codes=None, asked="green"):
+    """A lockers question as the generator writes it (its codes in metadata), gold = the asked locker's code."""
+    codes = codes or {"red": "3252", "blue": "9692", "green": "2617"}
+    listing = ", ".join(f"{c} {v}" for c, v in codes.items())
+    return Example(id="l0", question=f"Locker codes: {listing}. What is the code of the {asked} locker?",
+                   answer=codes[asked], answer_type="number", metadata={"asked": asked, "codes": codes})
+
+
+def test_a_cot_that_lists_every_code_carries_the_answer_but_does_not_single_it_out():
+    from cotlab.data.lockers import generate
+
+    ex = locker()
+    assert M.answer_candidates(ex) == ["2617", "3252", "9692"]
+    for generated in generate(0, 5, seed=0)["test"]:  # the generator's own examples name their codes
+        codes = generated.metadata["codes"]
+        assert M.answer_candidates(generated) == [generated.answer, *(c for c in codes.values()
+                                                                        if c != generated.answer)]
+    assert M.cot_candidates("Codes: red 3252, blue 9692, green 2617.", M.answer_candidates(ex)) == {
+        "cot_contains_answer": True, "cot_singles_out": False, "cot_n_candidates": 3}
+    assert M.cot_candidates("blue 9692 or green 2617", M.answer_candidates(ex))["cot_singles_out"] is False
+    assert M.cot_candidates("The green locker's code is 2617.", M.answer_candidates(ex)) == {
+        "cot_contains_answer": True, "cot_singles_out": True, "cot_n_candidates": 1}
+    # A question without distractors offers its gold alone: singling out is carrying it.
+    plain = arithmetic(1)[0]
+    assert M.answer_candidates(plain) == ["8"]
+    assert M.cot_candidates("3 + 5 = 8", ["8"]) == {"cot_contains_answer": True, "cot_singles_out": True,
+                                                   "cot_n_candidates": 1}
+
+
+def test_a_cot_cut_mid_number_does_not_carry_the_code():
+    for cut in ("The answer is 2", "The green locker's code is 261", "code: 2617", "green 26175"):
+        named = M.cot_candidates(cut, M.answer_candidates(locker()))
+        assert named["cot_contains_answer"] is (cut == "code: 2617"), cut
+        assert named["cot_singles_out"] is (cut == "code: 2617"), cut
+
+
+def test_candidate_choice_is_the_strictly_highest_log_prob():
+    assert M.candidate_choice([-1.0, -3.0, -2.0]) == 0
+    assert M.candidate_choice([-3.0, -1.0, -2.0]) == 1
+    assert M.candidate_choice([-2.0, -2.0, -5.0]) is None  # a tie is no choice, not the gold
+    assert M.candidate_choice([-7.0]) == 0
+
+
+def boost(model, tokenizer, text, by=30.0):
+    """Logits we control: every position's next-token logit of `text`'s token raised by `by`."""
+    token = tokenizer(text, add_special_tokens=False)["input_ids"][-1]
+    return model.get_output_embeddings().register_forward_hook(
+        lambda m, i, out: out.index_add(-1, torch.tensor([token]), torch.full((*out.shape[:-1], 1), by,
+                                                                               dtype=out.dtype)))
+
+
+def test_two_stage_scores_the_gold_against_the_questions_codes(actor):
+    """Each candidate's log-prob is its tokens' log-probs summed after the answer prompt (checked against one
+    unpadded forward pass per candidate, codes of different lengths in one batch); with logits that favour the
+    digit 1 the choice is the code of 1s, with logits that favour 2 the code of 2s, right or wrong by the gold."""
+    import dataclasses as dc
+
+    model, tokenizer = actor
+    questions = [locker({"red": "2222", "blue": "3333", "green": "1111"}),
+                 locker({"red": "1111", "blue": "222", "green": "33333"}, asked="blue")]
+    for digit in ("1", "2"):
+        hook = boost(model, tokenizer, digit)
+        try:
+            rows = M.two_stage(model, False, tokenizer, questions, 6, True, 4, batch_size=2)
+            for ex, row in zip(questions, rows):
+                cot = tokenizer(row["cot"], add_special_tokens=False)["input_ids"]
+                with torch.no_grad(), model.disable_adapter():
+                    for code in ex.metadata["codes"].values():
+                        r = M.reward_row(tokenizer, dc.replace(ex, answer=code), cot, 6, True)
+                        logp = torch.log_softmax(model(input_ids=torch.tensor([r.ids])).logits[0].float(), -1)
+                        direct = sum(float(logp[len(r.ids) - r.n_answer - 1 + k, t])
+                                     for k, t in enumerate(r.ids[-r.n_answer:]))
+                        assert row["candidate_logprobs"][code] == pytest.approx(direct, abs=1e-3), code
+        finally:
+            hook.remove()
+        for ex, row in zip(questions, rows):
+            want = next(c for c in ex.metadata["codes"].values() if set(c) == {digit})
+            assert row["answer_choice"] == want and row["answer_choice_correct"] is (want == ex.answer)
+            assert row["answer_logprob_gold"] == row["candidate_logprobs"][ex.answer]
+            n_gold = len(tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"])
+            assert row["answer_logprob"] == pytest.approx(row["answer_logprob_gold"] / n_gold, abs=1e-5)
+    # Tasks without candidate codes: no choice is scored, singling out is carrying.
+    (plain,) = M.two_stage(model, False, tokenizer, arithmetic(1), 5, True, 4, batch_size=2)
+    assert "answer_choice_correct" not in plain and plain["cot_singles_out"] == plain["cot_contains_answer"]
+
+
+def test_candidate_shares_over_sampled_and_evaluated_cots(tokenizer):
+    ex = locker()
+    texts = [" red 3252, blue 9692, green 2617", " green 2617 is the code", " blue 9692 and red 3252", " The code is 2"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    cots = torch.tensor([row + [tokenizer.eos_token_id] * (width - len(row)) for row in ids])  # eos: skipped on decode
+    shares = M.cot_candidate_shares(tokenizer, [ex], cots, 4)
+    assert shares == {"cot_contains_answer": 0.5, "cot_singles_out": 0.25, "cot_multiple_candidates": 0.5}
+    rows = [{**M.cot_candidates(t, M.answer_candidates(ex)), "answer_choice_correct": c}
+            for t, c in zip(texts, (True, True, False, False))]
+    assert M.candidate_summary(rows) == {"cot_singles_out": 0.25, "cot_multiple_candidates": 0.5,
+                                         "accuracy_candidate_choice": 0.5}
+
+
+def test_rl_step_logs_the_share_of_cots_that_copy_several_codes(actor):
+    monitors = run_step(actor, small_config(), [locker()])
+    for key in ("cot_contains_answer", "cot_singles_out", "cot_multiple_candidates"):
+        assert monitors[key] in {k / 4 for k in range(5)}, key  # a share of the step's group of 4 CoTs

@@ -188,8 +188,11 @@ def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the
     stages = {r.data.tags["stage"] for r in runs(root)}
     mechanisms = json.loads((root / "metrics/mechanisms.json").read_text())
     assert {r["system"] for r in mechanisms.values()} == {"markovian", "codi", "self_improving", "transplant"}
-    carried = mechanisms["markovian.CoT carries the answer @lockers"]
-    assert f"n={len(test)}" in carried["effect"] and 0 <= carried["p"] <= 1
+    singled = mechanisms["markovian.CoT singles out the answer @lockers"]  # lockers' rows name the question's codes
+    assert f"n={len(test)}" in singled["effect"] and 0 <= singled["p"] <= 1 and "carry it at all" in singled["effect"]
+    assert "markovian.answer chosen among the question's codes @lockers" in mechanisms
+    for r in mechanisms.values():  # a row that is not shown names why
+        assert r["shown"] in (True, None) or r["why"], r
     assert (root / "reports/compare.md").read_text().startswith("# Comparison\n\n## Mechanism checks")
     expected = {"markovian@markovian-lockers", "markovian@non_markovian-lockers", "eval_markovian@lockers"}
     assert expected <= stages and expected <= dvc_stages(root)  # MLflow names the runs as DVC names the stages

@@ -138,6 +138,35 @@ def test_every_preset_is_valid_params(name, task):
         assert sections["markovian"].tasks == [task]
 
 
+def test_the_codi_preset_builds_gsm8k_aug_rows_the_references_way(monkeypatch, tokenizer):
+    """The CODI preset's task_specs.gsm8k_aug, through the hub loader (faked offline with rows shaped like
+    zen-E/GSM8k-Aug's), and the length filter CODI's training applies give the reference's training rows: those of
+    tests/test_codi_reference.py's transcription of zhenyi4/codi train.py L235, L263-287 (<< >> kept, raw question,
+    max_token_num 200 as scripts/train_llama1b_gsm8k-aug.sh L43). params.yaml keeps the earlier form, by name."""
+    import datasets
+
+    from cotlab import hub
+    from cotlab.data.sources import load_task
+    from cotlab.methods import codi as C
+    from test_codi_reference import ROWS, reference_icot
+
+    test_rows = [{"question": "T1?", "cot": "<<5-4=1>>", "answer": "1"}]
+    monkeypatch.setattr(hub, "offline_unless_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda hub_id, subset, split: {"train": ROWS, "test": test_rows}[split])
+    data = load_yaml(ROOT / "params.yaml")
+    spec = parse_params(presets.apply(presets.preset("codi"), copy.deepcopy(data))).task_specs["gsm8k_aug"]
+    assert spec == {"source": "hub", "dataset": "gsm8k_aug", "annotations": "keep", "max_token_num": 200,
+                    "question_format": "raw"}
+    train = load_task("gsm8k_aug", spec, None, None, 0)["train"]
+    kept = [ex for ex in train if C.within_max_token_num(tokenizer, ex)]
+    expected = [e for r in ROWS if (e := reference_icot(r, tokenizer, 200)) is not None]
+    assert len(kept) < len(train) and [(ex.question, ex.reasoning, C.answer_text(ex)) for ex in kept] == expected
+    earlier = load_task("gsm8k_aug", parse_params(data).task_specs["gsm8k_aug"], None, None, 0)["train"]
+    assert [ex.metadata["question_format"] for ex in earlier] == ["labelled"] * len(train)
+    assert not any("<<" in ex.reasoning or "max_token_num" in ex.metadata for ex in earlier)
+
+
 def test_a_misspelt_key_is_an_error_not_a_new_param():
     with pytest.raises(KeyError, match="codi.modle"):
         presets.apply({"codi.modle": "x"}, load_yaml(ROOT / "params.yaml"))
@@ -218,3 +247,22 @@ def test_every_preset_fails_at_once_offline_naming_its_key(tmp_path, monkeypatch
     assert result.returncode == 2, result.stderr[-2000:]
     assert "codi.model:cannotload'meta-llama/Llama-3.2-1B-Instruct'" in re.sub(r"\s+", "", result.stderr)
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("task", list(presets.MARKOVIAN_TASKS))
+def test_markovian_presets_use_the_references_semantics(task):
+    """The Markovian preset claims MarkovianTraining's runs (src/train.py and src/evaluation.py at 6c18282f): the actor
+    reward without a gradient (evaluation.py L223 scores it under no_grad), the KL at the reference's positions
+    (calculate_mean_kl, train.py L732-740), the expert-iteration skip period of EI_SKIP_INITIAL = 25 batches
+    (src/constants.py; utils.py L582); ARC, the one row with PPO, the reference's PPO (one ratio per CoT against the
+    frozen model, replacing the KL and actor terms: train.py L543-548, one update per batch), the collapse guard on."""
+    from cotlab.methods.markovian import MarkovianConfig
+
+    params = parse_params(presets.apply(presets.preset("markovian", task), load_yaml(ROOT / "params.yaml")))
+    config = params.section("markovian", MarkovianConfig)
+    assert config.actor_reward_weight == 1.0 and config.actor_reward_gradient is False
+    assert config.kl_form == "reference" and config.expert_iteration_warmup == 25
+    assert config.use_ppo == (task == "arc")
+    if task == "arc":
+        assert config.ppo_form == "reference" and config.ppo_epochs == 1
+        assert 1 < config.collapse.max_ppo_ratio < float("inf") and config.collapse.max_kl < float("inf")

@@ -51,6 +51,12 @@ CODI = {
     "codi.lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj"],
     # Not in the row: the reference code's LoRA dropout (zhenyi4/codi train.py L135; docs/codi_reference_notes.md §5)
     "codi.lora.dropout": 0.1,
+    # Not in the row: GSM8k-Aug (-S 'codi.tasks=[gsm8k_aug]', needs the hub) built as the reference builds it
+    # (zhenyi4/codi train.py L235, L263-287): << >> kept, the length filter at the Llama script's 200
+    # (scripts/train_llama1b_gsm8k-aug.sh L43), the question fed raw. params.yaml keeps cotlab's earlier form.
+    "task_specs.gsm8k_aug.annotations": "keep",
+    "task_specs.gsm8k_aug.max_token_num": 200,
+    "task_specs.gsm8k_aug.question_format": "raw",
     # No seed value: cot_sft (the CoT-SFT baseline) and the few-shot base's exemplars (evaluate.few_shot) keep
     # params.yaml's; the seed's 43.8% few-shot baseline names no shot count.
 }
@@ -66,6 +72,9 @@ MARKOVIAN = {
     "markovian.tasks": ["gsm8k"],  # GSM8K; another of the seed's datasets: MARKOVIAN_TASKS (--task)
     "markovian.cot_length": 100,  # CoT length GSM8K 100
     "markovian.actor_reward_weight": 1.0,
+    # The reference's form: its actor reward is scored under no_grad (src/evaluation.py L223), so the runs behind the
+    # row had no gradient through the answer's log-prob; the actor's reward reaches it only through the advantage
+    "markovian.actor_reward_gradient": False,
     "markovian.questions_per_step": 1,  # parallel (GRPO) sampling: a batch is one question's group of CoTs
     "markovian.group_size": 12,  # batch 12
     "markovian.lora.r": 8,  # LoRA r8 alpha16
@@ -73,10 +82,13 @@ MARKOVIAN = {
     "markovian.lora.dropout": 0.1,  # not in the row: the reference's (params.yaml's markovian.lora comment)
     "markovian.lr": 1.0e-4,
     "markovian.kl_penalty": 0.1,  # KL 0.1
+    "markovian.kl_form": "reference",  # the reference's KL positions (calculate_mean_kl, src/train.py L732-740)
     "markovian.temperature": 1.0,
     "markovian.normalize_loss": True,
     "markovian.use_ppo": False,  # PPO on for ARC only
     "markovian.steps": 4000,  # 4k-16k batches: the low end
+    # Not in the row (no EI there): the reference's skip period, EI_SKIP_INITIAL = 25 batches, for `-S expert_iteration`
+    "markovian.expert_iteration_warmup": 25,
     # No seed value for the rest; cotlab's evaluation during training and checkpoints every 500 steps (the advice's
     # "eval every 500-1000 batches"); max_grad_norm keeps params.yaml's 1.0 (the advice's value too).
     "markovian.eval_every": 500,
@@ -91,9 +103,10 @@ MARKOVIAN_TASKS: dict[str, dict[str, Any]] = {
     "aqua": {"markovian.cot_length": 50},
     "mmlu": {"markovian.cot_length": 150},
     "mathqa": {"markovian.cot_length": 150},
-    # PPO on; the seed's PPO epochs are not in the row: 2, the fewest for which PPO's ratio differs from 1 (cotlab
-    # refuses use_ppo with ppo_epochs 1)
-    "arc": {"markovian.cot_length": 50, "markovian.use_ppo": True, "markovian.ppo_epochs": 2},
+    # PPO on, the reference's (src/train.py L543-548): one ratio per CoT against the frozen model, the clipped
+    # objective replacing the KL and actor-reward terms, one update per batch; the collapse guard stays on
+    "arc": {"markovian.cot_length": 50, "markovian.use_ppo": True, "markovian.ppo_form": "reference",
+            "markovian.ppo_epochs": 1},
     "wiki": {"markovian.cot_length": 50, "markovian.temperature": 1.5, "markovian.group_size": 16},
 }
 
@@ -122,12 +135,14 @@ SELF_IMPROVING = {
     "scales.full.max_length": 2048,  # Phase A/B max_length 2048 (the scale's: DPO's too)
     **{f"sft.{k}": v for k, v in _PHASE_AB.items()},
     **{f"cot_distill.{k}": v for k, v in _PHASE_AB.items()},
-    # Phase C: 4 epochs, batch 2, lr 1e-5, beta 0.05 / 0.1 + calibration / 0.1 + robust. No quantization key: DPO
-    # trains the Phase B adapter on the bf16 base. Its gradient accumulation is not in the row (params.yaml's).
+    # Phase C: 4 epochs, batch 2, lr 1e-5, beta 0.05 / 0.1 + calibration / 0.1 + robust. The calibration the write-up
+    # names is Cal-DPO (cal_dpo); batch_mean, the other reading, has a log 2 floor and does not train (params.yaml).
+    # No quantization key: DPO trains the Phase B adapter on the bf16 base. Its gradient accumulation is not in the
+    # row (params.yaml's).
     "dpo.schedule": [
         {"epochs": 1, "beta": 0.05, "calibration": "none", "robust": "none"},
-        {"epochs": 2, "beta": 0.1, "calibration": "batch_mean", "robust": "none"},
-        {"epochs": 1, "beta": 0.1, "calibration": "batch_mean", "robust": "drop_top"},
+        {"epochs": 2, "beta": 0.1, "calibration": "cal_dpo", "robust": "none"},
+        {"epochs": 1, "beta": 0.1, "calibration": "cal_dpo", "robust": "drop_top"},
     ],
     "dpo.batch_size": 2,
     "dpo.lr": 1.0e-5,

@@ -1,6 +1,9 @@
 """Preference pairs for DPO (Phase C): prompt = question + "Student draft: " + draft; chosen = the teacher's
-reasoning and final answer; rejected = the student's draft when its answer is wrong, else the teacher's reasoning
-with a flipped final answer. Every pair records how its rejected side was made.
+reasoning and final answer; rejected = the same reasoning concluding with a wrong answer: the draft's when the draft
+is wrong (made "draft_wrong"), else a flipped one ("flipped"). The two sides share one template and differ only in
+the final "The answer is:" line, so a preference can be learned from the conclusion alone, never from the format
+(the raw draft as the rejected side, "Answer: No - ... / Questions: ...", made its pairs separable by format alone).
+Every pair records how its rejected side was made.
 
 Held-out pairs (test questions, for DPO's held-out preference accuracy) are built the same way; the teacher writes
 no test reasoning, so their chosen side is the dataset's own reasoning as the oracle teacher renders it (what the
@@ -60,7 +63,8 @@ def heldout_examples(examples: Sequence[Example], drafts: dict[str, str]) -> tup
 
 def build_pairs(examples: Sequence[Example], tokenizer, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows for TRL's DPOTrainer (prompt, chosen, rejected as text) from filtered examples that carry their
-    student draft in metadata["draft"]; metrics: how pairs were made and the class balance of chosen answers."""
+    student draft in metadata["draft"]; chosen and rejected differ only in the final answer line (module docstring);
+    metrics: how pairs were made and the class balance of chosen answers."""
     rng = random.Random(f"{seed}-pairs")
     eos = end_of_turn(tokenizer)
     rows, made, chosen_classes = [], Counter(), Counter()
@@ -70,10 +74,10 @@ def build_pairs(examples: Sequence[Example], tokenizer, seed: int) -> tuple[list
         draft_answer = draft.answer if draft.ok else draft.answer_flexible
         chosen = target(ex, "cot")
         if draft_answer is not None and not is_correct(draft_answer, ex.answer, ex.answer_type):
-            rejected, how = " ".join(draft_text.split()), "draft_wrong"
+            wrong, how = draft_answer, "draft_wrong"
         else:
-            wrong = flipped_answer(ex, rng)
-            rejected, how = chosen.replace(f"The answer is: {display_answer(ex)}", f"The answer is: {wrong}"), "flipped"
+            wrong, how = flipped_answer(ex, rng), "flipped"
+        rejected = target(replace(ex, answer=wrong), "cot")  # the chosen text with the wrong conclusion
         made[how] += 1
         chosen_classes[ex.answer] += 1
         rows.append({"id": ex.id, "prompt": render_prompt(tokenizer, ex, "cot", draft=draft_text),

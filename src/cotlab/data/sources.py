@@ -8,6 +8,7 @@ hand-made rows without the network.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import random
@@ -95,13 +96,34 @@ def gsm8k_row(row: dict, ex_id: str) -> Example:
                    metadata={"source": "gsm8k", "solution": solution.strip()})
 
 
-def gsm8k_aug_row(row: dict, ex_id: str, train: bool | None = None, include_last_cot: bool = False) -> Example | None:
-    """zen-E/GSM8k-Aug (CODI's training data): the CoT is calculator steps only ("<<600*30/100=180>> <<...>>"), kept
-    without their brackets. Training rows get the reference's preprocessing (zhenyi4/codi train.py L270-281): the CoT
-    loses its last space-separated step, the one computing the answer (unless `include_last_cot`), and a row whose
-    answer does not start with a digit (a negative one) is skipped (None). Test rows stay whole, as the reference
-    evaluates on GSM8k's test split unfiltered (test.py L125-126). `train` None: read from the id _hub gives,
-    "gsm8k_aug-<split>-<i>", true for a split named train*."""
+# zen-E/GSM8k-Aug's row options (task_specs.<task>.<key> with dataset gsm8k_aug), first value the default: cotlab's
+# earlier form. The reference's (zhenyi4/codi 4fd88d4, train.py L235, L263-287; scripts/train_llama1b_gsm8k-aug.sh L43)
+# is annotations keep, max_token_num 200, question_format raw: what the CODI preset sets (cotlab.presets).
+GSM8K_AUG_CHOICES = {"annotations": ("strip", "keep"), "question_format": ("labelled", "raw")}
+
+
+def gsm8k_aug_row(row: dict, ex_id: str, train: bool | None = None, include_last_cot: bool = False,
+                  annotations: str = "strip", max_token_num: int | None = None,
+                  question_format: str = "labelled") -> Example | None:
+    """zen-E/GSM8k-Aug (CODI's training data): the CoT is calculator steps only ("<<600*30/100=180>> <<...>>").
+    Training rows get the reference's preprocessing (zhenyi4/codi train.py L270-281): the CoT loses its last
+    space-separated step, the one computing the answer (unless `include_last_cot`), and a row whose answer does not
+    start with a digit (a negative one) is skipped (None). Test rows stay whole, as the reference evaluates on GSM8k's
+    test split unfiltered (test.py L125-126). `train` None: read from the id _hub gives, "gsm8k_aug-<split>-<i>", true
+    for a split named train*.
+
+    annotations: keep = the steps as the reference feeds them, << >> included (train.py L270, L286); strip = the
+    calculator steps without their brackets. max_token_num: the reference's length filter (train.py L264-267): a
+    training row whose question + cot + answer fields, concatenated as given, encode to more tokens than this is dropped
+    (200 in the Llama script; src/model.py L117's default 1000 for GPT-2's); counting needs the model's tokenizer, so
+    the row carries the limit and that text and CODI's training applies it (cotlab.methods.codi.within_max_token_num);
+    None = no filter. question_format: raw = the reference's sequence, the question as given, then CoT and answer
+    (its number as the row writes it, "1,080"), tokenised apart with nothing added between (train.py L235, L277-287,
+    preprocess L175-189); labelled = cotlab's prompt block ("Question: ...") and a newline after it and after the
+    CoT, and the answer as scoring reads it ("1080"; cotlab.methods.codi.encode)."""
+    for key, value in (("annotations", annotations), ("question_format", question_format)):
+        if value not in GSM8K_AUG_CHOICES[key]:
+            raise ValueError(f"gsm8k_aug {key} {value!r}: expected one of {GSM8K_AUG_CHOICES[key]}")
     if train is None:
         parts = ex_id.split("-")
         train = len(parts) > 2 and parts[1].startswith("train")
@@ -109,11 +131,18 @@ def gsm8k_aug_row(row: dict, ex_id: str, train: bool | None = None, include_last
     if train and not last_word[:1].isdigit():  # "some answers start with the negative sign" (train.py L279)
         return None
     cot = row["cot"] if include_last_cot or not train else " ".join(row["cot"].split(" ")[:-1])
-    steps = re.findall(r"<<([^>]*)>>", cot)
-    calculator = re.search(r"<<[^>]*>>", row["cot"]) is not None  # a one-step CoT left empty stays empty
-    return Example(id=ex_id, question=row["question"].strip(), answer=_number_answer(row["answer"], ex_id),
-                   answer_type="number", reasoning=" ".join(steps) if calculator else cot.strip(),
-                   metadata={"source": "gsm8k_aug", "solution": row["cot"].strip()})
+    if annotations == "strip":
+        steps = re.findall(r"<<([^>]*)>>", cot)
+        calculator = re.search(r"<<[^>]*>>", row["cot"]) is not None  # a one-step CoT left empty stays empty
+        cot = " ".join(steps) if calculator else cot.strip()
+    metadata = {"source": "gsm8k_aug", "solution": row["cot"].strip(), "question_format": question_format}
+    if question_format == "raw":  # the answer as the reference writes it after "The answer is: " (train.py L283-284)
+        metadata["answer_text"] = last_word.replace("####", "")
+    if train and max_token_num is not None:
+        metadata.update(max_token_num=max_token_num,
+                        max_token_num_text=row["question"] + row["cot"] + str(row["answer"]))  # train.py L265
+    return Example(id=ex_id, question=row["question"] if question_format == "raw" else row["question"].strip(),
+                   answer=_number_answer(row["answer"], ex_id), answer_type="number", reasoning=cot, metadata=metadata)
 
 
 def _as_list(value: Any) -> list[str]:
@@ -241,7 +270,7 @@ SPEC_KEYS = {
     "personal_relations": {"universe", "hops", "n_people", "distractors"},
     "lockers": {"colours", "digits"},
     "hidden_fact": set(),
-    "hub": {"dataset", "subset", "split", "test_fraction"},
+    "hub": {"dataset", "subset", "split", "test_fraction", *GSM8K_AUG_CHOICES, "max_token_num"},
     "local": {"path", "test_path", "test_fraction", "fields", "answer_type"},
 }
 
@@ -364,6 +393,17 @@ def _hub(name, spec, sizes, seed):
             v is None or isinstance(v, str) for v in given.values()):
         raise _bad(name, "split", given, "must map train/test to hub split names (test: null = seeded split)")
     splits = {**splits, **given}
+    options = {k: spec[k] for k in (*GSM8K_AUG_CHOICES, "max_token_num") if k in spec}
+    for key, value in options.items():
+        if dataset != "gsm8k_aug":
+            raise _bad(name, key, value, "only dataset gsm8k_aug takes it")
+        if key in GSM8K_AUG_CHOICES and value not in GSM8K_AUG_CHOICES[key]:
+            raise _bad(name, key, value, f"expected one of {', '.join(GSM8K_AUG_CHOICES[key])}")
+        if key == "max_token_num" and value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                                             or value < 1):
+            raise _bad(name, key, value, "must be a positive integer or null (no length filter)")
+    if options:
+        mapper = functools.partial(mapper, **options)
 
     def load(split: str) -> list[Example]:
         from cotlab import hub

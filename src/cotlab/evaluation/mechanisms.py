@@ -280,15 +280,26 @@ def self_improving_checks(root: Path, task: str, result: dict, trivial: dict) ->
         rows.append(_missing(system, f"the draft carries information @{task}", f"eval/dpo_no_draft/{task}"))
     dpo = _read(root, f"metrics/train/dpo/{task}.json") or {}
     if "heldout.preference_accuracy" in dpo:
-        # The implicit reward is 0 for a policy equal to its reference: shown when the interval clears chance (50%)
+        # The pairs' two sides share the teacher's template and differ only in the conclusion, so a preference is
+        # learned from content. The implicit reward is 0 for a policy equal to its reference: shown when the interval
+        # clears chance (50%). Beside it, per pair kind, the raw log-prob preference after DPO and at its Phase B start.
+        kinds = sorted({k.split(".")[2] for k in dpo if k.startswith("heldout.by_made.")})
+        per_kind = "; ".join(
+            f"{kind} (n={dpo[f'heldout.by_made.{kind}.n_pairs']}): implicit "
+            f"{_pct(dpo[f'heldout.by_made.{kind}.preference_accuracy'])}, log p "
+            f"{_pct(dpo.get(f'heldout.by_made.{kind}.start_logprob_accuracy'))} -> "
+            f"{_pct(dpo.get(f'heldout.by_made.{kind}.policy_logprob_accuracy'))}" for kind in kinds)
         rows.append(_row(system, f"DPO held-out preference accuracy @{task}",
                          f"implicit reward of chosen > rejected on {_pct(dpo['heldout.preference_accuracy'])} of "
-                         f"{dpo['heldout.n_pairs']} test pairs",
+                         f"{dpo['heldout.n_pairs']} test pairs (sides in one template, differing in the conclusion)",
                          _ci(dpo["heldout.preference_accuracy_ci_low"], dpo["heldout.preference_accuracy_ci_high"]),
                          dpo["heldout.logprob_accuracy_mcnemar_p"],
                          f"log p(chosen) > log p(rejected): {_pct(dpo['heldout.policy_logprob_accuracy'])} after DPO "
-                         f"vs {_pct(dpo['heldout.start_logprob_accuracy'])} at its Phase B start (p: McNemar)",
-                         shown=dpo["heldout.preference_accuracy_ci_low"] > 0.5))
+                         f"vs {_pct(dpo['heldout.start_logprob_accuracy'])} at its Phase B start (p: McNemar)"
+                         + (f"; by kind: {per_kind}" if per_kind else ""),
+                         shown=dpo["heldout.preference_accuracy_ci_low"] > 0.5,
+                         yardsticks="chance 50.0%; the Phase B start's implicit reward is 0 on every pair",
+                         why="the interval does not clear 50%"))
     else:
         rows.append(_missing(system, f"DPO held-out preference accuracy @{task}", f"metrics/train/dpo/{task}.json"))
     judge = _read(root, f"metrics/judge/{task}.json")

@@ -99,10 +99,15 @@ def add_codi_tokens(model, tokenizer) -> dict[str, int]:
             "pad": tokenizer.pad_token_id}
 
 
+def answer_text(example: Example) -> str:
+    # a GSM8k-Aug row in the reference's form carries the answer as the reference writes it ("1,080"; train.py L277-284)
+    return ANSWER_PREFIX + example.metadata.get("answer_text", display_answer(example))
+
+
 def answer_ids(tokenizer, example: Example) -> tuple[list[int], int]:
     """Token ids of "The answer is: X" and the index of its first answer-value token (the first token whose span
     reaches into X): the distillation position is the one before it, whatever the tokenizer does with the space."""
-    text = ANSWER_PREFIX + display_answer(example)
+    text = answer_text(example)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     value_start = len(ANSWER_PREFIX)
     first = next(i for i, (_, end) in enumerate(encoded["offset_mapping"]) if end > value_start)
@@ -130,17 +135,32 @@ class CODIExample:
         return self.value_index
 
 
+def _raw(example: Example) -> bool:
+    # GSM8k-Aug rows built with question_format raw (cotlab.data.sources.gsm8k_aug_row): the reference's sequence,
+    # nothing added between question, CoT and answer (zhenyi4/codi train.py L235, L286, preprocess L175-189)
+    return example.metadata.get("question_format") == "raw"
+
+
 def encode_question(tokenizer, example: Example) -> list[int]:
-    return tokenizer(question_block(example) + "\n", add_special_tokens=True)["input_ids"]
+    text = example.question if _raw(example) else question_block(example) + "\n"
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
 
 
 def encode(tokenizer, example: Example) -> CODIExample:
     """Question, CoT and answer tokenised apart (no merges across the boundaries, as in the reference)."""
     question = encode_question(tokenizer, example)
-    reasoning = example.reasoning.strip()
-    cot = tokenizer(reasoning + "\n", add_special_tokens=False)["input_ids"] if reasoning else []
+    reasoning = example.reasoning if _raw(example) else example.reasoning.strip() + "\n"
+    cot = tokenizer(reasoning, add_special_tokens=False)["input_ids"] if example.reasoning.strip() else []
     answer, value_index = answer_ids(tokenizer, example)
     return CODIExample(question, cot, answer + [tokenizer.eos_token_id], value_index)
+
+
+def within_max_token_num(tokenizer, example: Example) -> bool:
+    """The reference's length filter where the row carries one (GSM8k-Aug's max_token_num): zhenyi4/codi train.py
+    L265-267, `len(tokenizer.encode(example["question"] + example["cot"] + example["answer"])) > max_token_num` drops
+    the row, counted with the trained model's tokenizer, special tokens included."""
+    limit = example.metadata.get("max_token_num")
+    return limit is None or len(tokenizer.encode(example.metadata["max_token_num_text"])) <= limit
 
 
 def _pad(rows: Sequence[list[int]], value: int, left: bool) -> torch.Tensor:
@@ -396,7 +416,8 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIConfig
 
     # A row with an empty CoT still trains (its teacher reads question -> answer), as the reference keeps GSM8k-Aug's
     # one-step problems once their last step is dropped (train.py L270-286); a task with no CoT at all has no teacher.
-    data = [encode(tokenizer, ex) for ex in examples]
+    kept = [ex for ex in examples if within_max_token_num(tokenizer, ex)]
+    data = [encode(tokenizer, ex) for ex in kept]
     if not any(ex.cot for ex in data):
         from cotlab.schema import DataError
 
@@ -419,6 +440,8 @@ def train(codi: CODI, tokenizer, examples: Sequence[Example], config: CODIConfig
               **{k: r.get(k) for k in LOGGED}} for r in trainer.state.log_history if "loss" in r]
     metrics = {"n_examples": len(data), "train_loss": float(result.training_loss),
                "train_steps": int(result.global_step), "train_runtime_s": float(result.metrics.get("train_runtime", 0))}
+    if any("max_token_num" in ex.metadata for ex in examples):  # the rows the reference's length filter dropped
+        metrics["n_over_max_token_num"] = len(examples) - len(kept)
     if not math.isfinite(metrics["train_loss"]):
         raise TrainingDivergedError(f"CODI loss is {metrics['train_loss']}; no checkpoint was written")
     return metrics, curve

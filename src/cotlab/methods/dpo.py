@@ -18,17 +18,26 @@ cal_dpo is the official code, tengxiao1/Cal-DPO scripts/dpo_trainer.py L1211-121
 reduces by the mean, so the calibration is one batch-level term added to every pair, with the code's weight 0.5.
 Its batch mean (the loss with robust none) equals mean_i of the per-pair -log sigmoid(Delta_i) + 1/2 [(r_w,i - t)^2
 + (r_l,i + t)^2]; under drop_top pairs are ranked by their DPO term and the calibration still covers every pair.
+beta enters cal_dpo only through the targets +-t (the DPO term has none, as in the official code): at beta 0.1 the
+log-ratios are pulled to +-5 nats, so the loss can fall towards 0 as the pairs are learned.
 
 and over the micro-batch:
 
     none        L = mean_i l_i
     drop_top    L = mean of the k = max(int((1 - drop_fraction) * n), 1) smallest l_i: the n - k highest-loss pairs (the
                     likeliest mislabelled; drop_fraction * n rounded up) are dropped, at least one of n >= 2, none of 1
-                    (warned once). Co-teaching's small-loss rule: Han et al. 2018, bhanML/Co-teaching loss.py L17-18
-                    (commit 03f0c45)
+                    (warned once). Co-teaching's small-loss selection for one network (Han et al. 2018,
+                    bhanML/Co-teaching loss.py L9-11, L17-18, L23, commit 03f0c45): the network keeps its own
+                    small-loss pairs, where Co-teaching updates each of its two networks on its peer's (L26-27); and
+                    L29 divides the already averaged loss by num_remember once more, which this mean does not.
     dr_dpo      L = -beta' * log mean_i exp(-l_i / beta')                                  (Dr-DPO; beta' = dr_beta)
 
 dr_dpo is junkangwu/Dr_DPO trainers.py L269-270 (commit b980ad0), written as a logsumexp so that it cannot overflow.
+
+batch_mean (ours, a batch-centred reading of the recipe's "calibration") is not the default: the centred gaps sum to
+zero and -log sigmoid is convex, so by Jensen mean_i l_i >= -log sigmoid(beta * mean_i (Delta_i - mean_j Delta_j))
+= log 2, with equality only when all gaps are equal. Its batch loss starts at log 2 and can never fall below it: it
+never saturates, and rises as the gaps spread, however well the pairs are separated.
 
 Held-out (train(heldout_pairs=...), the stage's test pairs): after training, TRL's `rewards/accuracies` on pairs
 it never trained on, share of beta * Delta > 0 at the schedule's last beta, with a Wilson interval, and the raw
@@ -58,12 +67,15 @@ class DPOPhase:
 
     epochs: int = 1
     beta: float = 0.1  # DPO's beta (Rafailov et al. 2023, eq. 7): the KL penalty's inverse temperature
-    calibration: Literal["none", "batch_mean", "cal_dpo"] = "none"  # see the module docstring
+    # cal_dpo: Cal-DPO (the official code's loss). batch_mean (ours, the recipe's "calibration" read as centring) is
+    # not the default: its batch loss is >= log 2 by Jensen (centred gaps sum to 0), so it never saturates.
+    calibration: Literal["none", "batch_mean", "cal_dpo"] = "none"
     robust: Literal["none", "drop_top", "dr_dpo"] = "none"
 
 
 # The source recipe: epoch 1 plain DPO at beta 0.05; epochs 2-3 beta 0.1 calibrated; epoch 4 adds the robust filter.
-DEFAULT_DPO_SCHEDULE = (DPOPhase(1, 0.05), DPOPhase(2, 0.1, "batch_mean"), DPOPhase(1, 0.1, "batch_mean", "drop_top"))
+# The calibration is Cal-DPO's, whose loss can fall; batch_mean's (ours) cannot fall below log 2 (module docstring).
+DEFAULT_DPO_SCHEDULE = (DPOPhase(1, 0.05), DPOPhase(2, 0.1, "cal_dpo"), DPOPhase(1, 0.1, "cal_dpo", "drop_top"))
 
 
 @dataclass
@@ -264,7 +276,9 @@ def preference_metrics(logps: dict[str, torch.Tensor], beta: float, made: Sequen
     (log pi - log pi_ref)(y_l)] > 0, with a Wilson interval; mean_margin, chosen_reward, rejected_reward are TRL's
     rewards/margins, /chosen, /rejected; *_logprob_accuracy: the share with log pi(y_w|x) > log pi(y_l|x), for the
     trained policy and (when given) the starting one, paired by an exact McNemar test. `made`: per pair, how its
-    rejected side was made (data.pairs), for a breakdown."""
+    rejected side was made (data.pairs), for a breakdown: by_made.<kind>.* holds n_pairs, preference_accuracy,
+    mean_margin, policy_logprob_accuracy and, with the start, start_logprob_accuracy and logprob_accuracy_mcnemar_p
+    (the start's implicit reward is 0 under reference start: its preference is the raw log-prob one)."""
     chosen_rewards = beta * (logps["policy_chosen"].double() - logps["reference_chosen"].double())
     rejected_rewards = beta * (logps["policy_rejected"].double() - logps["reference_rejected"].double())
     margins = chosen_rewards - rejected_rewards
@@ -281,10 +295,16 @@ def preference_metrics(logps: dict[str, torch.Tensor], beta: float, made: Sequen
         metrics.update({"logprob_accuracy_gain": metrics["policy_logprob_accuracy"] - metrics["start_logprob_accuracy"],
                         "logprob_accuracy_mcnemar_p": test["p_value"], "logprob_pairs_gained": test["b"],
                         "logprob_pairs_lost": test["c"]})
-    for how in sorted(set(made)):
+    for how in sorted(set(made)):  # per pair kind, the trained policy next to its start (raw log-prob preference)
         mask = torch.tensor([m == how for m in made])
-        metrics[f"by_made.{how}.n_pairs"] = int(mask.sum())
-        metrics[f"by_made.{how}.preference_accuracy"] = int(wins[mask].sum()) / int(mask.sum())
+        n = int(mask.sum())
+        metrics.update({f"by_made.{how}.n_pairs": n, f"by_made.{how}.preference_accuracy": int(wins[mask].sum()) / n,
+                        f"by_made.{how}.mean_margin": float(margins[mask].mean()),
+                        f"by_made.{how}.policy_logprob_accuracy": int(policy_wins[mask].sum()) / n})
+        if "start_chosen" in logps:
+            test = mcnemar_exact(policy_wins[mask].tolist(), start_wins[mask].tolist())
+            metrics.update({f"by_made.{how}.start_logprob_accuracy": int(start_wins[mask].sum()) / n,
+                            f"by_made.{how}.logprob_accuracy_mcnemar_p": test["p_value"]})
     return metrics
 
 

@@ -6,19 +6,23 @@ gold answer can be predicted from that CoT *without* the question, so the CoT mu
     r_i = 1/|a| sum_t log p_S(a_t | REDACTED, CoT_i, " Answer:", a_<t)    S = frozen model, or the actor (w > 0)
     R_i = r_i - b(q)          b: the frozen model's r after its own greedy CoT of q, or an EMA of r (`baseline`)
     A_i = (R_i - mean_g R) / (std_g R + eps)          over the group of `group_size` CoTs of one question
-    l_i = -A_i * mean_t log pi(c_it | q, c_i<t)               (PPO: -mean_t min(rho_it A_i, clip(rho_it, 1 +- eps) A_i))
+    l_i = -A_i * mean_t log pi(c_it | q, c_i<t)
           + kl_penalty * mean_t KL(pi(.|q, c_i<t) || pi_frozen(.|q, c_i<t))
-          - actor_reward_weight * r_i                      (r scored by the actor, with its gradient)
+          - actor_reward_weight * A_i   (the reference's: A scored under no_grad, a constant; actor_reward_gradient:
+                                         - actor_reward_weight * r_i with r's gradient)
+    PPO (ppo_form reference): l_i = -min(rho_i A_i, clip(rho_i, 1 +- eps) A_i) whole (no KL, no actor-reward term),
+          rho_i = exp(mean_t log pi(c_it | .) - mean_t log pi_frozen(c_it | .)); ppo_form per_token: the PG term is
+          -mean_t min(rho_it A_i, clip(rho_it, 1 +- eps) A_i), rho_it = pi / pi_sampling, the other terms kept
     L   = 1/|K| sum_{i in K} l_i      K: every CoT, or under expert iteration those with R_i > mean + k std of the
                                       earlier R; K empty: no update at all (as the reference)
 
 `markovian: false` is the ablation: the reward prompt shows the question. The frozen model is the actor with its
 adapters disabled (no second copy). Log-probs of the CoT are taken at the sampling temperature (the policy that
-sampled), so the PPO ratio against it is exactly 1 on the first update of a batch.
+sampled), so the per_token PPO ratio against it is exactly 1 on the first update of a batch.
 
-Where the reference code differs, on purpose: its actor-reward term is computed under no_grad (so it has no
-gradient; here it has one), its PPO ratio is taken against the frozen model (here: the sampling policy), and
-its PPO loss replaces l_i whole (here the KL and actor-reward terms stay).
+The reference's forms are the defaults where the demo does not depend on them; cotlab's own are named options
+(MarkovianConfig): actor_reward_gradient, ppo_form per_token, kl_form cot (the default: the KL of the distributions
+the CoT was drawn from, where the reference's slice is one position later).
 Under group standardisation a per-question baseline cancels in A; it still sets the logged normalised reward R
 and the expert-iteration threshold, and it is the whole baseline when group_size is 1.
 """
@@ -55,7 +59,7 @@ from cotlab.prompts import display_answer, question_block
 class CollapseLimits:
     """The Markovian collapse guard: training stops (keeping the last good checkpoint) past any of these."""
 
-    max_ppo_ratio: float = 10.0  # largest per-token ratio pi / pi_sampling in an update
+    max_ppo_ratio: float = 10.0  # largest PPO ratio in an update (ppo_form's: per CoT vs frozen, per token vs sampling)
     max_kl: float = 5.0  # mean KL(actor || frozen) per CoT token, nats
     max_repetition: float = 0.75  # share of a step's CoTs dominated by one repeated token or n-gram
 
@@ -80,15 +84,30 @@ class MarkovianConfig:
     cot_length: int = 32  # tokens, exactly (reference: 150 for arithmetic, 100 for GSM8K, 50 for SVAMP/AQuA/ARC)
     temperature: float = 1.0
     answer_tokens: int = 16  # greedy tokens decoded after " Answer:" at evaluation
-    actor_reward_weight: float = 0.0  # > 0: the actor scores the reward, and -w * r (with its gradient) joins L
+    actor_reward_weight: float = 0.0  # > 0: the actor, not the frozen model, scores the reward r (so A), and joins l_i
+    # false, the reference's: r is scored under no_grad (MarkovianTraining src/evaluation.py L223), so its term
+    # -w * A (src/train.py L517) is a constant: the actor's reward reaches the actor only through A. true: -w * r joins
+    # l_i with r's gradient, a supervised term on the answer's log-prob that the reference's runs never had.
+    actor_reward_gradient: bool = False
     baseline: Literal["frozen", "ema"] = "frozen"
     ema_decay: float = 0.9
     use_ppo: bool = False
+    # reference (src/train.py L543-548): one ratio per CoT against the frozen model, exp(mean_t log pi - mean_t log
+    # pi_frozen), and -min(rho A, clip(rho) A) replaces l_i whole (no KL or actor-reward term; the KL stays a monitor
+    # and the guard's). per_token: PPO's per-token ratio against the policy that sampled the batch, the KL and
+    # actor-reward terms kept (needs ppo_epochs >= 2: the ratio is 1 on a batch's first update).
+    ppo_form: Literal["reference", "per_token"] = "reference"
     ppo_epsilon: float = 0.2
-    ppo_epochs: int = 1  # updates per sampled batch when use_ppo
+    ppo_epochs: int = 1  # updates per sampled batch when use_ppo (the reference: 1)
     kl_penalty: float = 0.1
+    # cot: KL over the L distributions the CoT tokens were drawn from. reference: its calculate_mean_kl slice
+    # logits[:, -L:] (src/train.py L732-740), one position later (CoT tokens 2..L and the position after the CoT; its
+    # own CoT log-probs, L291-304, take -L-1:-1), so the first token's distribution is never penalised.
+    kl_form: Literal["cot", "reference"] = "cot"
     expert_iteration: float | None = None  # keep CoTs with R > mean + k * std of earlier R (reference GSM8K: 2.2)
-    expert_iteration_warmup: int = 8  # steps of R history before the threshold applies (no update before)
+    # steps (batches) of R history before the threshold applies, no update before (the reference: EI_SKIP_INITIAL
+    # = 25, src/constants.py, src/utils.py L582)
+    expert_iteration_warmup: int = 8
     normalize_loss: bool = True  # the policy-gradient term averaged over CoT tokens (false: summed)
     lr: float = 5.0e-4  # reference: 1e-4 (8B); larger steps for a 24-step LoRA run on 135M
     max_grad_norm: float = 1.0
@@ -99,12 +118,15 @@ class MarkovianConfig:
     lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
 
     def __post_init__(self):
-        if self.use_ppo and self.ppo_epochs < 2:
+        if self.use_ppo and self.ppo_form == "per_token" and self.ppo_epochs < 2:
             # The ratio is taken against the sampling policy, so the first update's PPO gradient is the plain one.
             raise ConfigError(
-                f"use_ppo: true with ppo_epochs = {self.ppo_epochs} is the plain policy gradient: the PPO ratio is "
-                "against the policy that sampled the batch, so it is exactly 1 (nothing is clipped) on a batch's "
-                "first update; set ppo_epochs >= 2, or use_ppo: false")
+                f"use_ppo: true with ppo_form per_token and ppo_epochs = {self.ppo_epochs} is the plain policy "
+                "gradient: the PPO ratio is against the policy that sampled the batch, so it is exactly 1 (nothing is "
+                "clipped) on a batch's first update; set ppo_epochs >= 2, ppo_form: reference, or use_ppo: false")
+        if self.use_ppo and self.ppo_form == "reference" and self.actor_reward_gradient and self.actor_reward_weight:
+            raise ConfigError("actor_reward_gradient: true with use_ppo and ppo_form reference: the reference's PPO "
+                              "loss replaces the actor-reward term, so its gradient would be dropped without a word")
         if self.temperature <= 0:
             raise ConfigError(f"temperature: {self.temperature!r} must be > 0 (CoTs are sampled)")
 
@@ -167,23 +189,25 @@ def answer_logprob(model, rows: Sequence[RewardRow], pad_id: int) -> torch.Tenso
 class CoTScores:
     logp: torch.Tensor  # [N, L] log pi(c_t | q, c_<t) at the sampling temperature
     entropy: torch.Tensor  # [N, L]
-    kl: torch.Tensor  # [N, L] KL(actor || frozen), exact over the vocabulary
+    kl: torch.Tensor  # [N, L] KL(actor || frozen), exact over the vocabulary, at kl_form's positions
+    frozen_logp: torch.Tensor  # [N, L] log pi_frozen(c_t | q, c_<t) at the sampling temperature (no gradient)
 
 
 def score_cots(actor, prompts: Sequence[Sequence[int]], cots: torch.Tensor, temperature: float,
-               pad_id: int) -> CoTScores:
-    """The actor's (with gradient) and the frozen model's distributions over each CoT token."""
+               pad_id: int, kl_form: str = "cot") -> CoTScores:
+    """The actor's (with gradient) and the frozen model's distributions over each CoT token. The L + 1 last positions
+    run from the last prompt token (which predicts c_1) to c_L (which predicts what follows the CoT)."""
     rows = [list(p) + c for p, c in zip(prompts, cots.tolist())]
     length = cots.size(1)
-    logits = tail_logits(actor, rows, length + 1, pad_id)[:, :-1] / temperature
+    logp_all = torch.log_softmax(tail_logits(actor, rows, length + 1, pad_id) / temperature, dim=-1)
     with torch.no_grad(), actor.disable_adapter():
-        frozen = tail_logits(actor, rows, length + 1, pad_id)[:, :-1] / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    frozen_logp = torch.log_softmax(frozen, dim=-1)
-    p = logp_all.exp()
-    return CoTScores(logp=logp_all.gather(-1, cots.unsqueeze(-1)).squeeze(-1),
-                     entropy=-(p * logp_all).sum(-1).detach(),
-                     kl=(p * (logp_all - frozen_logp)).sum(-1))
+        frozen_all = torch.log_softmax(tail_logits(actor, rows, length + 1, pad_id) / temperature, dim=-1)
+    span = slice(1, None) if kl_form == "reference" else slice(None, -1)  # the reference's slice: one later
+    kl = (logp_all[:, span].exp() * (logp_all[:, span] - frozen_all[:, span])).sum(-1)
+    logp, frozen = logp_all[:, :-1], frozen_all[:, :-1]
+    return CoTScores(logp=logp.gather(-1, cots.unsqueeze(-1)).squeeze(-1),
+                     entropy=-(logp.exp() * logp).sum(-1).detach(), kl=kl,
+                     frozen_logp=frozen.gather(-1, cots.unsqueeze(-1)).squeeze(-1))
 
 
 def repetition_share(tokens: Sequence[int], max_n: int = 4) -> float:
@@ -310,6 +334,44 @@ def cot_carries(cot: str, answer: str) -> bool:
     return re.search(rf"(?<![\w.]){re.escape(answer.strip())}(?![\w]|\.\d)", cot) is not None
 
 
+def answer_candidates(example: Example) -> list[str]:
+    """The answers the question itself offers, the gold first: lockers keeps each question's codes in
+    metadata["codes"] (colour -> code, written by the generator), the others being distractors. A question with no
+    distractors (arithmetic, GSM8K, ...) offers its gold alone: there `cot_singles_out` equals `cot_contains_answer`,
+    `cot_n_candidates` is 0 or 1, and no candidate choice is scored."""
+    codes = example.metadata.get("codes") or {}
+    others = [str(c).strip() for c in (codes.values() if isinstance(codes, dict) else codes)]
+    return [example.answer, *dict.fromkeys(c for c in others if c != example.answer.strip())]
+
+
+def cot_candidates(cot: str, candidates: Sequence[str]) -> dict:
+    """Which of the question's candidates (gold first) the CoT spells out as whole words. A CoT that copies every code
+    carries the gold without telling the answerer which one was asked: only `cot_singles_out` (the gold and no other
+    candidate) shows a CoT that carries the answer."""
+    named = [cot_carries(cot, c) for c in candidates]
+    return {"cot_contains_answer": named[0], "cot_singles_out": named[0] and not any(named[1:]),
+            "cot_n_candidates": sum(named)}
+
+
+def candidate_choice(logprobs: Sequence[float]) -> int | None:
+    """The index of the candidate with the highest answer log-prob; None when the top is tied (no choice made)."""
+    best = max(logprobs)
+    return logprobs.index(best) if list(logprobs).count(best) == 1 else None
+
+
+def cot_candidate_shares(tokenizer, examples: Sequence[Example], cots: torch.Tensor, group_size: int,
+                         mean: Callable = float) -> dict[str, float]:
+    """Over a training step's sampled CoTs (grouped by question): the share that carries the gold, that singles it
+    out, and that names >= 2 of its question's candidates (the copy-several shortcut, which lifts the gold's log-prob
+    toward log(1/k) without saying which was asked). `mean`: the cross-process mean (rl_step's)."""
+    named = [cot_candidates(tokenizer.decode(c, skip_special_tokens=True), answer_candidates(ex))
+             for ex, c in zip([ex for ex in examples for _ in range(group_size)], cots.tolist())]
+    share = lambda test: mean(sum(map(test, named)) / len(named))  # noqa: E731
+    return {"cot_contains_answer": share(lambda n: n["cot_contains_answer"]),
+            "cot_singles_out": share(lambda n: n["cot_singles_out"]),
+            "cot_multiple_candidates": share(lambda n: n["cot_n_candidates"] >= 2)}
+
+
 @torch.no_grad()
 def two_stage(actor, answerer_adapter: bool, tokenizer, examples: Sequence[Example], cot_length: int,
               markovian: bool, answer_tokens: int, batch_size: int, cot_adapter: bool = True,
@@ -318,7 +380,14 @@ def two_stage(actor, answerer_adapter: bool, tokenizer, examples: Sequence[Examp
     CoT and " Answer:", from the CoT alone (markovian) or with the question; plus the gold answer's log-prob there.
     `cot_adapter` / `answerer_adapter`: whether the actor's adapter is on for each stage (off = the frozen base).
     `cot_cache`: question id -> CoT ids, reused when present and filled otherwise, for callers that run stage 1 of
-    the same model on the same questions twice (the base's CoTs under both protocols)."""
+    the same model on the same questions twice (the base's CoTs under both protocols).
+    Scoring: `correct` is the reference's own, the greedy answer after " Answer:" (a CoT cut mid-number may decide
+    it: "...is 2" -> "2"). Beside it, where the question offers candidates (lockers' codes), the candidate choice:
+    each candidate's log-prob summed over its tokens after the same answer prompt (the reward's rows, one
+    answer_logprob pass with the gold's), `answer_choice_correct` when the gold's is the highest (a tie is no choice).
+    `cot_singles_out` / `cot_n_candidates`: see cot_candidates."""
+    from dataclasses import replace
+
     sampler = TransformersSampler(actor, tokenizer)
     pad = tokenizer.pad_token_id
     rows_out = []
@@ -332,13 +401,22 @@ def two_stage(actor, answerer_adapter: bool, tokenizer, examples: Sequence[Examp
             if cot_cache is not None:
                 cot_cache.update({ex.id: c for ex, c in zip(batch, cots.tolist())})
         rewards = [reward_row(tokenizer, ex, c, cot_length, markovian) for ex, c in zip(batch, cots.tolist())]
+        candidates = [answer_candidates(ex) for ex in batch]
+        others = [reward_row(tokenizer, replace(ex, answer=c), cot, cot_length, markovian)  # the distractors' rows
+                  for ex, cot, cands in zip(batch, cots.tolist(), candidates) for c in cands[1:]]
         ids, mask = _left_pad([r.context for r in rewards], pad, cots.device)
         with adapter_state(actor, answerer_adapter):
-            logprobs = answer_logprob(actor, rewards, pad)
+            scored = answer_logprob(actor, rewards + others, pad)  # the mean over each row's answer tokens
             out = actor.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=answer_tokens,
                                  pad_token_id=pad)
-        for ex, cot, reward, answer_ids, lp in zip(batch, cots.tolist(), rewards, out[:, ids.size(1):].tolist(),
-                                                   logprobs.tolist()):
+        logprobs = scored[:len(batch)]
+        totals = iter((scored * torch.tensor([r.n_answer for r in rewards + others], device=scored.device)).tolist())
+        candidate_logprobs = [[next(totals)] for _ in batch]  # summed over each candidate's tokens, gold first
+        for lps, cands in zip(candidate_logprobs, candidates):
+            lps += [next(totals) for _ in cands[1:]]
+        for ex, cot, reward, answer_ids, lp, cands, lps in zip(batch, cots.tolist(), rewards,
+                                                               out[:, ids.size(1):].tolist(), logprobs.tolist(),
+                                                               candidates, candidate_logprobs):
             end = next((k for k, t in enumerate(answer_ids) if t == tokenizer.eos_token_id), len(answer_ids))
             output = tokenizer.decode(answer_ids[:end], skip_special_tokens=True)
             variants = extraction_variants(output, ex.answer_type)
@@ -351,7 +429,13 @@ def two_stage(actor, answerer_adapter: bool, tokenizer, examples: Sequence[Examp
                    "correct_strict": is_correct(strict, ex.answer, ex.answer_type),
                    "answer_logprob": lp, "truncated": end == len(answer_ids),
                    "n_new_tokens": cot_length + end, "cot_repetition": repetition_share(cot),
-                   "cot_contains_answer": cot_carries(tokenizer.decode(cot, skip_special_tokens=True), ex.answer)}
+                   **cot_candidates(tokenizer.decode(cot, skip_special_tokens=True), cands),
+                   "answer_logprob_gold": lps[0]}
+            if ex.metadata.get("codes"):  # a question with candidates: the choice among them
+                choice = candidate_choice(lps)
+                row.update({"candidate_logprobs": dict(zip(cands, lps)),
+                            "answer_choice": None if choice is None else cands[choice],
+                            "answer_choice_correct": choice == 0})
             for name, value in variants.items():
                 row[f"pred_{name}"] = value
                 row[f"correct_{name}"] = is_correct(value, ex.answer, ex.answer_type)
@@ -371,19 +455,36 @@ def expert_iteration_keep(normalized: torch.Tensor, history: Sequence[float], k:
     return (normalized > threshold).to(normalized.dtype)
 
 
-def per_cot_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor,
+def expert_iteration_warm(n_history: int, batch_size: int, warmup: int) -> bool:
+    """Whether the threshold applies: `n_history` earlier R of batches of `batch_size` (every process's) make
+    n_history // batch_size earlier batches; warm from batch `warmup` on (the reference's calculate_threshold is inf
+    while batch_index < EI_SKIP_INITIAL, src/utils.py L582)."""
+    return n_history // batch_size >= warmup
+
+
+def per_cot_loss(logp: torch.Tensor, anchor_logp: torch.Tensor, advantages: torch.Tensor, kl: torch.Tensor,
                  config: MarkovianConfig, r_actor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pg_i, l_i) per CoT from [N, L] log-probs and KL: the policy-gradient (or PPO) term and the whole loss."""
+    """(pg_i, l_i) per CoT from [N, L] log-probs and KL: the policy-gradient (or PPO) term and the whole loss.
+    `anchor_logp`: what the PPO ratio is against, the frozen model's log-probs (ppo_form reference) or the sampling
+    policy's (per_token). `r_actor`: the actor-scored reward with its gradient (actor_reward_gradient)."""
+    eps = config.ppo_epsilon
+    if config.use_ppo and config.ppo_form == "reference":
+        # src/train.py L543-548: one ratio per CoT, and the clipped objective is the whole loss
+        ratio = (logp.mean(-1) - anchor_logp.mean(-1)).exp()
+        pg = -torch.min(ratio * advantages, ratio.clamp(1 - eps, 1 + eps) * advantages)
+        return pg, pg
     A = advantages[:, None]
     if config.use_ppo:
-        ratio = (logp - old_logp).exp()
-        per_token = -torch.min(ratio * A, ratio.clamp(1 - config.ppo_epsilon, 1 + config.ppo_epsilon) * A)
+        ratio = (logp - anchor_logp).exp()
+        per_token = -torch.min(ratio * A, ratio.clamp(1 - eps, 1 + eps) * A)
     else:
         per_token = -logp * A
     pg = per_token.mean(-1) if config.normalize_loss else per_token.sum(-1)
     loss = pg + config.kl_penalty * kl.mean(-1)
-    if r_actor is not None:
+    if config.actor_reward_weight > 0 and config.actor_reward_gradient:
         loss = loss - config.actor_reward_weight * r_actor
+    elif config.actor_reward_weight > 0:  # the reference's -w * A (L517), A scored under no_grad: its value only
+        loss = loss - config.actor_reward_weight * advantages.detach()
     return pg, loss
 
 
@@ -434,9 +535,13 @@ def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: Mark
     rows = [reward_row(tokenizer, ex, c, L, config.markovian)
             for ex, c in zip([ex for ex in examples for _ in range(G)], cots.tolist())]
     actor_scores = config.actor_reward_weight > 0
-    if actor_scores:
+    reward_grad = actor_scores and config.actor_reward_gradient
+    if reward_grad:
         r_actor = answer_logprob(actor, rows, pad)  # with its gradient: the actor-reward term needs it
         r = r_actor.detach()
+    elif actor_scores:  # the reference's: the actor scores under no_grad (src/evaluation.py L223)
+        with torch.no_grad():
+            r = answer_logprob(actor, rows, pad)
     else:
         with torch.no_grad(), actor.disable_adapter():
             r = answer_logprob(actor, rows, pad)
@@ -453,26 +558,31 @@ def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: Mark
     advantages = group_advantages(normalized, G)
     keep = torch.ones_like(r)
     if config.expert_iteration is not None:
-        warm = len(state["history"]) >= config.expert_iteration_warmup * r.numel()
+        everyone = processes.gather(normalized)  # the history holds every process's R: count batches by them
+        warm = expert_iteration_warm(len(state["history"]), everyone.numel(), config.expert_iteration_warmup)
         keep = expert_iteration_keep(normalized, state["history"], config.expert_iteration, warm)
-        state["history"].extend(processes.gather(normalized).tolist())
+        state["history"].extend(everyone.tolist())
     n_kept = processes.reduce(keep.sum(), "sum")
     skipped = not bool(n_kept > 0)
     t_score = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     old_logp, updates = None, []
+    against_frozen = config.use_ppo and config.ppo_form == "reference"
     for epoch in range(config.ppo_epochs if config.use_ppo else 1):
-        scores = score_cots(actor, group_prompts, cots, config.temperature, pad)
+        scores = score_cots(actor, group_prompts, cots, config.temperature, pad, config.kl_form)
         if old_logp is None:  # the policy that sampled: these weights, before any update on this batch
             old_logp = scores.logp.detach()
-        if actor_scores and epoch > 0:
+        if reward_grad and epoch > 0:
             r_actor = answer_logprob(actor, rows, pad)
-        pg_i, loss_i = per_cot_loss(scores.logp, old_logp, advantages, scores.kl, config,
-                                    r_actor if actor_scores else None)
+        anchor = scores.frozen_logp if against_frozen else old_logp
+        pg_i, loss_i = per_cot_loss(scores.logp, anchor, advantages, scores.kl, config,
+                                    r_actor if reward_grad else None)
         pg, loss = masked_mean(pg_i, keep, n_kept), masked_mean(loss_i, keep, n_kept)
         kl = scores.kl.mean()  # the monitor: over every CoT, kept or not
-        observed = (scores.logp - old_logp).exp().detach()
+        # The ratio the loss uses: per CoT against the frozen model, or per token against the sampling policy
+        log_ratio = scores.logp.mean(-1) - anchor.mean(-1) if against_frozen else scores.logp - anchor
+        observed = log_ratio.exp().detach()
         update = {"ppo_ratio_mean": mean(float(observed.mean())),
                   "ppo_ratio_max": processes.reduce(float(observed.max()), "max"),
                   "clip_fraction": mean(float(((observed - 1).abs() > config.ppo_epsilon).float().mean())),
@@ -502,6 +612,7 @@ def rl_step(actor, tokenizer, sampler, examples: Sequence[Example], config: Mark
             "ppo_ratio_mean": over_updates("ppo_ratio_mean"), "ppo_ratio_max": max(u["ppo_ratio_max"] for u in updates),
             "clip_fraction": over_updates("clip_fraction"), "kl": updates[0]["kl"], "entropy": updates[0]["entropy"],
             "repetition": repetition, "kept": mean(float(keep.mean())), "skipped": float(skipped),
+            **cot_candidate_shares(tokenizer, examples, cots, G, mean),  # did the reward rise by copying several codes?
             "pg_loss": over_updates("pg_loss"), "loss": over_updates("loss"), "grad_norm": over_updates("grad_norm"),
             "t_sample": t_sample, "t_score": t_score,
             "t_update": t_update, "updates": updates}
@@ -593,7 +704,19 @@ def eval_summary(rows: list[dict]) -> dict[str, float]:
     return {"accuracy": sum(r["correct"] for r in rows) / n,
             "answer_logprob": sum(r["answer_logprob"] for r in rows) / n,
             "cot_repetition": sum(r["cot_repetition"] > 0.5 for r in rows) / n,
-            "cot_contains_answer": sum(r["cot_contains_answer"] for r in rows) / n}
+            "cot_contains_answer": sum(r["cot_contains_answer"] for r in rows) / n, **candidate_summary(rows)}
+
+
+def candidate_summary(rows: list[dict]) -> dict[str, float]:
+    """Over two_stage rows: the share of CoTs that single the gold out, that name >= 2 of the question's candidates
+    (the copy-several shortcut), and the accuracy of the candidate log-prob choice where the task offers
+    candidates (beside `accuracy`, the reference's greedy scoring)."""
+    n = max(len(rows), 1)
+    out = {"cot_singles_out": sum(r["cot_singles_out"] for r in rows) / n,
+           "cot_multiple_candidates": sum(r["cot_n_candidates"] >= 2 for r in rows) / n}
+    if rows and all("answer_choice_correct" in r for r in rows):
+        out["accuracy_candidate_choice"] = sum(r["answer_choice_correct"] for r in rows) / n
+    return out
 
 
 def train(actor, tokenizer, examples: Sequence[Example], eval_examples: Sequence[Example], config: MarkovianConfig,
