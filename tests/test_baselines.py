@@ -142,6 +142,22 @@ def test_a_cot_that_names_every_code_does_not_single_out_the_answer(tmp_path):
     assert checks["CoT singles out the answer @lockers"]["shown"] and checks["reward trend @lockers"]["shown"]
 
 
+def test_the_candidate_choice_row_holds_the_answer_against_chance_among_the_codes(tmp_path):
+    codes = {"1000": -1.0, "2000": -2.0, "3000": -3.0}
+    def rows(right):
+        return [{**r, "answer_choice_correct": c, "candidate_logprobs": codes}
+                for r, c in zip(_lockers_rows([False] * N, [0] * N, [False] * N), right)]
+    table = {"lockers": {"markovian": rows([True] * 50 + [False] * 50), "markovian_base": rows([True] * 30 + [False] * 70)}}
+    checks = {r["check"]: r for r in mechanism_checks(tmp_path, {}, {}, {}, table, [], [], ["lockers"], [], {})}
+    row = checks["answer chosen among the question's codes @lockers"]
+    assert row["shown"] and "50.0% vs base 30.0%" in row["effect"] and row["yardsticks"] == "chance 33.3%"
+    # 40% beats a 20% base (p < 0.05) but not chance among three codes (p = 0.17): not shown
+    table["lockers"] = {"markovian": rows([True] * 40 + [False] * 60), "markovian_base": rows([True] * 20 + [False] * 80)}
+    checks = {r["check"]: r for r in mechanism_checks(tmp_path, {}, {}, {}, table, [], [], ["lockers"], [], {})}
+    row = checks["answer chosen among the question's codes @lockers"]
+    assert not row["shown"] and row["why"].startswith("not above chance 33.3%"), row
+
+
 @pytest.mark.parametrize("ci_low", [0.45, 0.6])
 def test_dpo_preference_row_reads_each_pair_kind_beside_the_phase_b_start(tmp_path, ci_low):
     dpo = {"heldout.preference_accuracy": 0.7, "heldout.preference_accuracy_ci_low": ci_low,

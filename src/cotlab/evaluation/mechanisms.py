@@ -132,18 +132,23 @@ def _share(rows: list[dict], key: str) -> float:
 
 
 def _paired_share_row(system: str, check: str, trained: list[dict], base: list[dict], key: str, what: str,
-                      ablation: str, extra: str = "") -> dict:
+                      ablation: str, extra: str = "", chance: float | None = None) -> dict:
     """A per-question yes/no property (a CoT singles out the code, the code is the likeliest answer), the trained
-    model against the base on the same questions: its Wilson interval, McNemar p, shown when higher at p < ALPHA."""
+    model against the base on the same questions: its Wilson interval, McNemar p, shown when higher at p < ALPHA
+    (and, given `chance`, above it by an exact binomial test at p < ALPHA)."""
     by_id = {r["id"]: bool(r[key]) for r in base}
     mine = [bool(r[key]) for r in trained]
     k, n = sum(mine), len(mine)
     diff = k / n - sum(by_id.values()) / len(by_id)
     p = mcnemar_exact([by_id[r["id"]] for r in trained], mine)["p_value"]
-    shown = diff > 0 and p < ALPHA
+    why = None if diff > 0 and p < ALPHA else f"not above the base ({_pp(diff)}, p={p:.3g})"
+    if why is None and chance is not None:
+        p_chance = stats.binomtest(k, n, chance).pvalue
+        if k / n <= chance or p_chance >= ALPHA:
+            why = f"not above chance {_pct(chance)} (p={p_chance:.3g})"
     return _row(system, check, f"{what}: {_pct(k / n)} vs base {_pct(sum(by_id.values()) / len(by_id))} "
-                f"(n={n}){extra}", _ci(*wilson_interval(k, n)), p, ablation, shown,
-                why=None if shown else f"not above the base ({_pp(diff)}, p={p:.3g})")
+                f"(n={n}){extra}", _ci(*wilson_interval(k, n)), p, ablation, why is None,
+                yardsticks="-" if chance is None else f"chance {_pct(chance)}", why=why)
 
 
 def markovian_checks(root: Path, task: str, pairs: dict[str, dict], table: dict, result: dict,
@@ -183,13 +188,12 @@ def markovian_checks(root: Path, task: str, pairs: dict[str, dict], table: dict,
                           f"markovian@{task} vs markovian_base@{task}", "non_markovian vs its base: " + _pair_text(
                               pairs.get(f"non_markovian@{task} vs non_markovian_base@{task}")), result, trivial))
     if trained_rows and base_rows and "answer_choice_correct" in trained_rows[0]:
-        chance = sum(1 / r["n_candidates"] for r in trained_rows) / len(trained_rows) \
-            if "n_candidates" in trained_rows[0] else None
+        chance = sum(1 / len(r["candidate_logprobs"]) for r in trained_rows) / len(trained_rows) \
+            if "candidate_logprobs" in trained_rows[0] else None
         rows.append(_paired_share_row(
             system, f"answer chosen among the question's codes @{task}", trained_rows, base_rows,
             "answer_choice_correct", "the gold code the likeliest of the question's codes after the CoT",
-            "greedy two-stage accuracy above (the reference's scoring)",
-            "" if chance is None else f"; chance {_pct(chance)}"))
+            "greedy two-stage accuracy above (the reference's scoring)", chance=chance))
     if singles:
         other = models.get("non_markovian")
         abl = ("not evaluated" if other is None else
