@@ -129,6 +129,13 @@ def test_training_follows_the_schedule_and_changes_lora(tiny_base, examples, cal
     assert [r["beta"] for r in logs] == [0.05, 0.05, 0.2, 0.2]  # 2 steps per epoch
     assert all(math.isfinite(r["loss"]) for r in logs)
     assert [r["pairs_dropped"] for r in logs] == [0, 0, *([2, 2] if robust == "drop_top" else [0, 0])]  # 8 - int(6.8)
+    # Cal-DPO's calibration term is logged apart: 1/2 (t^2 + t^2) = t^2 = 6.25 at the reference (t = 1 / (2 * 0.2))
+    calibration_terms = [r["calibration_term"] for r in logs]
+    if calibration == "cal_dpo":
+        assert calibration_terms[:2] == [0.0, 0.0] and 4.0 < calibration_terms[2] < 8.0
+        assert all(r["loss"] > r["calibration_term"] for r in logs)
+    else:
+        assert calibration_terms == [0.0] * 4
     after = dict(model.named_parameters())
     assert all(not torch.equal(before[n], after[n]) for n in before)  # every trained LoRA matrix moved
     # TRL keeps the starting adapter as a frozen "ref" copy: the reference never moves.

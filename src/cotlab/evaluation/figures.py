@@ -136,6 +136,9 @@ def report_figures(result: dict[str, dict[str, dict]], plots_dir: str | Path, ou
     codi = [(f"codi@{task}: loss parts", [(part, csv_of("codi", task), part)
                                            for part in ("ce_student", "ce_teacher", "distill")], "loss")
             for _, task in tasks("codi")]
+    dpo = [(f"dpo@{task}: loss parts", [(part.replace("_", " "), csv_of("dpo", task), part)
+                                        for part in ("loss", "preference_term", "calibration_term")], "loss")
+           for _, task in tasks("dpo")]
     markovian = [(ylabel, [(f"{m}@{t}", csv_of(m, t, suffix), column)
                                          for m, t in tasks("markovian", "non_markovian")], ylabel)
                  for column, suffix, ylabel in (("answer_logprob", "", "gold answer log-prob (nats)"),
@@ -153,6 +156,8 @@ def report_figures(result: dict[str, dict[str, dict]], plots_dir: str | Path, ou
         ("Training loss per method and task", lines_figure(supervised, out / "training_loss.png")),
         ("CODI's loss parts: the student's CE, the teacher's CE, the distillation term",
          lines_figure(codi, out / "codi_loss_parts.png")),
+        ("DPO's loss parts: the preference term and Cal-DPO's calibration term (0 in epochs without it)",
+         lines_figure(dpo, out / "dpo_loss_parts.png", columns=3)),
         ("Markovian training monitors", lines_figure(markovian, out / "markovian_monitors.png")),
         ("Transplant curves: the verdict's accuracy, the argument's own correctness rate, and how often the verdict "
          "follows the argument", lines_figure(transplant, out / "transplant_curves.png", columns=3)),

@@ -128,6 +128,14 @@ def phase_at(schedule: list[DPOPhase], epoch: float) -> DPOPhase:
     return schedule[-1]
 
 
+def cal_dpo_calibration(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
+                        beta: float) -> torch.Tensor:
+    """Cal-DPO's calibration term, 1/2 [mean_j (r_w,j - t)^2 + mean_j (r_l,j + t)^2] with t = 1 / (2 beta): one
+    batch-level value (the official code's F.mse_loss reduces by the mean)."""
+    target = 1 / (2 * beta)
+    return 0.5 * (((chosen_logratios - target) ** 2).mean() + ((rejected_logratios + target) ** 2).mean())
+
+
 def pair_losses(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
                 calibration: str) -> torch.Tensor:
     delta = chosen_logratios - rejected_logratios
@@ -136,10 +144,8 @@ def pair_losses(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor
             return -F.logsigmoid(beta * delta)
         case "batch_mean":
             return -F.logsigmoid(beta * (delta - delta.mean().detach()))
-        case "cal_dpo":  # the calibration is a batch mean, as in the official code's F.mse_loss
-            target = 1 / (2 * beta)
-            calibration_loss = ((chosen_logratios - target) ** 2).mean() + ((rejected_logratios + target) ** 2).mean()
-            return -F.logsigmoid(delta) + 0.5 * calibration_loss
+        case "cal_dpo":
+            return -F.logsigmoid(delta) + cal_dpo_calibration(chosen_logratios, rejected_logratios, beta)
     raise ValueError(f"dpo calibration {calibration!r} is not one of none, batch_mean, cal_dpo")
 
 
@@ -259,6 +265,11 @@ def scheduled_trainer(schedule: list[DPOPhase], drop_fraction: float = 0.15, dr_
             self._metrics[mode]["pairs_dropped"].append(float(n_dropped))
             self._metrics[mode]["rewards/margins"].append(margins.mean().item())
             self._metrics[mode]["rewards/accuracies"].append((margins > 0).float().mean().item())
+            # Cal-DPO's loss is its DPO term plus a calibration term of ~1/(2 beta)^2 at the start: logged apart, so
+            # the curve shows whether the preference term falls (the calibration is the same for every pair)
+            self._metrics[mode]["calibration_term"].append(
+                cal_dpo_calibration(chosen_logratios, rejected_logratios, phase.beta).item()
+                if phase.calibration == "cal_dpo" else 0.0)
             return (loss, None) if return_outputs else loss
 
     return ScheduledDPOTrainer
@@ -378,7 +389,8 @@ def train(model, tokenizer, pairs: list[dict], config: DPOConfig, *, max_length:
         model.delete_adapter("ref")  # the checkpoint holds the trained adapter only
     curve = [{"step": r["step"], "epoch": round(r["epoch"], 4), "loss": r["loss"], "beta": r["beta"],
               "reward_margin": r.get("rewards/margins"), "reward_accuracy": r.get("rewards/accuracies"),
-              "pairs_dropped": r.get("pairs_dropped")}
+              "pairs_dropped": r.get("pairs_dropped"), "calibration_term": r.get("calibration_term"),
+              "preference_term": r["loss"] - r["calibration_term"] if "calibration_term" in r else None}
              for r in trainer.state.log_history if "loss" in r and "beta" in r]
     metrics = {"n_pairs": len(pairs), "train_loss": float(result.training_loss), "train_steps": int(result.global_step),
                "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
