@@ -79,7 +79,8 @@ def test_whole_dag_at_tiny_scale(repo):
     assert len(predictions) == compare["strategyqa"]["sft"]["n"]
     manifest = json.loads((root / "models" / "cot_distill" / "strategyqa" / "manifest.json").read_text())
     assert manifest["init_from"] == "models/sft/strategyqa" and manifest["prompt"]["template"] == "cot"
-    assert (root / "reports" / "compare.md").read_text().count("| strategyqa |") == 9 + 3  # + the ablations table
+    # the accuracy rows + the ablations table + the trivial baselines table
+    assert (root / "reports" / "compare.md").read_text().count("| strategyqa |") == 9 + 3 + 1
     stages = {r.data.tags["stage"] for r in runs(root)}
     assert {"prepare_model", "data@strategyqa", "drafts@strategyqa", "teacher@strategyqa", "filter@strategyqa",
             "candidates@svamp", "sft@strategyqa", "cot_distill@strategyqa", "pairs@strategyqa", "dpo@strategyqa",
