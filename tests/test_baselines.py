@@ -158,11 +158,15 @@ def test_the_candidate_choice_row_holds_the_answer_against_chance_among_the_code
     assert not row["shown"] and row["why"].startswith("not above chance 33.3%"), row
 
 
-@pytest.mark.parametrize("ci_low", [0.45, 0.6])
-def test_dpo_preference_row_reads_each_pair_kind_beside_the_phase_b_start(tmp_path, ci_low):
+@pytest.mark.parametrize("ci_low,start,p_gain,shown", [(0.45, 0.5, 0.03, False), (0.6, 0.5, 0.03, True),
+                                                        (0.6, 0.5, 0.2, False), (0.6, 1.0, 1.0, False)])
+def test_dpo_preference_row_reads_each_pair_kind_beside_the_phase_b_start(tmp_path, ci_low, start, p_gain, shown):
+    """Shown only when the implicit reward clears 50% and the raw preference rose from the Phase B start's; a start
+    at the ceiling (it already prefers every chosen side) is named as such."""
     dpo = {"heldout.preference_accuracy": 0.7, "heldout.preference_accuracy_ci_low": ci_low,
-           "heldout.preference_accuracy_ci_high": 0.8, "heldout.n_pairs": 40, "heldout.policy_logprob_accuracy": 0.65,
-           "heldout.start_logprob_accuracy": 0.5, "heldout.logprob_accuracy_mcnemar_p": 0.03}
+           "heldout.preference_accuracy_ci_high": 0.8, "heldout.n_pairs": 40,
+           "heldout.policy_logprob_accuracy": max(0.65, start), "heldout.start_logprob_accuracy": start,
+           "heldout.logprob_accuracy_mcnemar_p": p_gain}
     for kind, n in (("draft_wrong", 15), ("flipped", 25)):
         dpo.update({f"heldout.by_made.{kind}.n_pairs": n, f"heldout.by_made.{kind}.preference_accuracy": 0.6,
                     f"heldout.by_made.{kind}.start_logprob_accuracy": 0.4,
@@ -172,5 +176,7 @@ def test_dpo_preference_row_reads_each_pair_kind_beside_the_phase_b_start(tmp_pa
     rows = {r["check"]: r for r in mechanism_checks(tmp_path, {}, {}, {}, {}, ["syllogism"], [], [], [], {})}
     row = rows["DPO held-out preference accuracy @syllogism"]
     assert "draft_wrong (n=15): implicit 60.0%, log p 40.0% -> 55.0%" in row["ablation"]
-    assert "flipped (n=25)" in row["ablation"] and "50.0% at its Phase B start" in row["ablation"]
-    assert row["shown"] == (ci_low > 0.5)
+    assert "flipped (n=25)" in row["ablation"] and f"{100 * start:.1f}% at its Phase B start" in row["ablation"]
+    assert row["shown"] == shown
+    if start == 1.0:
+        assert "cannot show a learned preference" in row["why"]

@@ -293,6 +293,19 @@ def self_improving_checks(root: Path, task: str, result: dict, trivial: dict) ->
             f"{_pct(dpo[f'heldout.by_made.{kind}.preference_accuracy'])}, log p "
             f"{_pct(dpo.get(f'heldout.by_made.{kind}.start_logprob_accuracy'))} -> "
             f"{_pct(dpo.get(f'heldout.by_made.{kind}.policy_logprob_accuracy'))}" for kind in kinds)
+        # Shown only when the raw preference also rose from the start's (McNemar): a start that already prefers the
+        # chosen side on (nearly) every pair leaves nothing to learn, and a margin that grows there shows no more
+        # than that DPO ran.
+        start, policy = dpo["heldout.start_logprob_accuracy"], dpo["heldout.policy_logprob_accuracy"]
+        p_gain = dpo["heldout.logprob_accuracy_mcnemar_p"]
+        why = None
+        if dpo["heldout.preference_accuracy_ci_low"] <= 0.5:
+            why = "the implicit-reward interval does not clear 50%"
+        elif not (policy > start and p_gain < ALPHA):
+            why = (f"the raw preference did not rise from the Phase B start's ({_pct(start)} -> {_pct(policy)}, "
+                   f"p={p_gain:.3g})" + (": the start already prefers the chosen side, so these pairs cannot show "
+                                         "a learned preference" if start >= 0.95 else ""))
+        shown = why is None
         rows.append(_row(system, f"DPO held-out preference accuracy @{task}",
                          f"implicit reward of chosen > rejected on {_pct(dpo['heldout.preference_accuracy'])} of "
                          f"{dpo['heldout.n_pairs']} test pairs (sides in one template, differing in the conclusion)",
@@ -301,9 +314,8 @@ def self_improving_checks(root: Path, task: str, result: dict, trivial: dict) ->
                          f"log p(chosen) > log p(rejected): {_pct(dpo['heldout.policy_logprob_accuracy'])} after DPO "
                          f"vs {_pct(dpo['heldout.start_logprob_accuracy'])} at its Phase B start (p: McNemar)"
                          + (f"; by kind: {per_kind}" if per_kind else ""),
-                         shown=dpo["heldout.preference_accuracy_ci_low"] > 0.5,
-                         yardsticks="chance 50.0%; the Phase B start's implicit reward is 0 on every pair",
-                         why="the interval does not clear 50%"))
+                         shown=shown, yardsticks=f"chance 50.0%; the Phase B start's log-prob preference "
+                         f"{_pct(start)}", why=why))
     else:
         rows.append(_missing(system, f"DPO held-out preference accuracy @{task}", f"metrics/train/dpo/{task}.json"))
     judge = _read(root, f"metrics/judge/{task}.json")
