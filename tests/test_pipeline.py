@@ -92,7 +92,7 @@ def test_whole_dag_at_tiny_scale(repo):
     assert not bad, bad
     for system in ("self_improving", "codi", "markovian", "transplant"):
         summary = json.loads((root / "metrics" / "summary" / f"{system}.json").read_text())
-        assert set(summary) == {"pp", "effects", "accuracy"}
+        assert set(summary) == {"pp", "effects", "accuracy", "baselines"}
     headline = json.loads((root / "metrics/summary/self_improving.json").read_text())["pp"]
     assert headline["dpo_sqa"] == round(100 * compare["strategyqa"]["dpo"]["diff_vs_ref"], 1)
     assert headline["dpo_syl"] is None  # syllogism is not a task of the tiny run: null, never NaN
