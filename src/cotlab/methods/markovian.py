@@ -81,7 +81,7 @@ class MarkovianConfig:
     steps: int = 24
     questions_per_step: int = 1  # the reference: one question per batch, its group is the batch
     group_size: int = 6  # CoTs per question (reference: 12)
-    cot_length: int = 32  # tokens, exactly (reference: 150 for arithmetic, 100 for GSM8K, 50 for SVAMP/AQuA/ARC)
+    cot_length: int = 16  # tokens, exactly (reference: 150 for arithmetic, 100 for GSM8K, 50 for SVAMP/AQuA/ARC)
     temperature: float = 1.0
     answer_tokens: int = 16  # greedy tokens decoded after " Answer:" at evaluation
     actor_reward_weight: float = 0.0  # > 0: the actor, not the frozen model, scores the reward r (so A), and joins l_i
