@@ -43,12 +43,13 @@ def majority_answer(golds: Sequence[str], answer_type: str) -> str | None:
 
 def answer_profile(preds: Sequence[dict], answer_type: str) -> dict:
     """The share of the most common answer (invalid counts as an answer: a model that always fails to answer is
-    collapsed too), `collapsed`, and balanced accuracy (None for open answer types, where classes are not few)."""
+    collapsed too), `collapsed`, and balanced accuracy (None for open answer types, where classes are not few, and
+    for rows that do not record their gold)."""
     counts = Counter(answer_key(p.get("pred"), answer_type) for p in preds)
     top, k = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     out = {"top_answer": top, "top_share": k / len(preds), "collapsed": k / len(preds) >= COLLAPSE_SHARE,
            "balanced_accuracy": None}
-    if answer_type in FINITE:
+    if answer_type in FINITE and all("gold" in p for p in preds):  # rows without their gold: no classes to recall
         by_class: dict[str, list[bool]] = {}
         for p in preds:
             by_class.setdefault(answer_key(p["gold"], answer_type), []).append(bool(p["correct"]))
