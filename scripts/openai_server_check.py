@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
                         help="the students' model (tiny: a random one, whose drafts ask no questions to judge)")
     parser.add_argument("--n-train", type=int, default=32, help="teacher requests (train questions)")
     parser.add_argument("--n-test", type=int, default=32, help="test questions (judged in both orders)")
-    parser.add_argument("--max-tokens", type=int, default=150, help="teacher.max_tokens (the seed's: 150)")
+    parser.add_argument("--max-tokens", type=int, default=150, help="teacher.max_tokens (the source write-up's: 150)")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-llama", help="the server's virtualenv")
     parser.add_argument("--base-url", help="a server already running: no llama-cpp-python")
     parser.add_argument("--model", default=SERVED_NAME, help="the served model's name, with --base-url")

@@ -1,4 +1,4 @@
-"""Per-system base models (codi, markovian, transplant: `<system>.model`, models/base_<system>) and the seeds' presets
+"""Per-system base models (codi, markovian, transplant: `<system>.model`, models/base_<system>) and the source write-ups' presets
 (cotlab.presets): one system's model reaches only its own stages; every preset is valid params, round-trips through
 `dvc exp run -S`'s own parser, and fails at once offline naming the key that holds its model."""
 import copy
@@ -19,7 +19,7 @@ from cotlab.sections import all_sections
 from cotlab.stage import base_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every preset, and Markovian's on each of the seed's datasets.
+# Every preset, and Markovian's on each of the source write-up's datasets.
 CASES = [(name, None) for name in presets.PRESETS] + [("markovian", task) for task in presets.MARKOVIAN_TASKS]
 IDS = [name if task is None else f"{name}-{task}" for name, task in CASES]
 
@@ -121,7 +121,7 @@ def test_a_system_with_a_null_model_gets_the_shared_base_byte_for_byte(tmp_path)
 @pytest.mark.parametrize("name,task", CASES, ids=IDS)
 def test_every_preset_is_valid_params(name, task):
     """Applied to params.yaml, a preset parses and every section validates; each key exists in params.yaml (a typo
-    is an error, never a new key); each system runs the seed's model on the scale sized for one GPU."""
+    is an error, never a new key); each system runs the source write-up's model on the scale sized for one GPU."""
     values = presets.preset(name, task)
     params = parse_params(presets.apply(values, load_yaml(ROOT / "params.yaml")))
     sections = all_sections(params)

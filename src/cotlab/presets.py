@@ -1,16 +1,16 @@
-"""The seeds' own configurations on one GPU, one preset per seed system (DESIGN.md, "The seeds' own configurations").
+"""The source write-ups' own configurations on one GPU, one preset per research system.
 
 A preset is a flat mapping of params.yaml's dotted keys to values, applied as `dvc exp run -S key=value` flags, so
 an experiment records exactly what it changed and the rest of params.yaml stays as it is. Each value cites the
-table's row; where the seed's setting has no cotlab key, or the table gives no value, a comment says so and the
+table's row; where the source write-up's setting has no cotlab key, or the table gives no value, a comment says so and the
 key keeps params.yaml's value. Each system with a model of its own (codi, markovian, transplant) names it in
 `<system>.model`, so its base (models/base_<system>) never changes another system's outputs.
 
-    python -m cotlab.presets --list                  the presets, their models and the seed's reported results
+    python -m cotlab.presets --list                  the presets, their models and the source write-up's reported results
     python -m cotlab.presets codi                    the preset's -S flags, shell-quoted
     python -m cotlab.presets --targets codi          the DVC targets that run the system (and what they need)
     python -m cotlab.presets --command codi          the whole `dvc exp run` line
-    python -m cotlab.presets markovian --task svamp  Markovian on another of the seed's datasets
+    python -m cotlab.presets markovian --task svamp  Markovian on another of the source write-up's datasets
 
     eval "dvc exp run -n codi-paper $(python -m cotlab.presets codi) eval_codi codi_probe"
 
@@ -58,18 +58,18 @@ CODI = {
     "task_specs.gsm8k_aug.max_token_num": 200,
     "task_specs.gsm8k_aug.question_format": "raw",
     # No seed value: cot_sft (the CoT-SFT baseline) and the few-shot base's exemplars (evaluate.few_shot) keep
-    # params.yaml's; the seed's 43.8% few-shot baseline names no shot count.
+    # params.yaml's; the source write-up's 43.8% few-shot baseline names no shot count.
 }
 
 # The row "Markovian": meta-llama/Llama-3.1-8B-Instruct; actor_reward_weight 1.0; parallel (GRPO) sampling; LoRA r8
 # alpha16; lr 1e-4; KL 0.1; temperature 1.0 (1.5 wiki); normalize_loss; CoT length GSM8K 100, MMLU 150, MathQA 150,
-# AQuA 50, SVAMP 50, ARC 50 (PPO on), wiki 50; batch 12 (wiki 16); 4k-16k batches. The seed's own advice after its
+# AQuA 50, SVAMP 50, ARC 50 (PPO on), wiki 50; batch 12 (wiki 16); 4k-16k batches. The source write-up's own advice after its
 # failures (lr 5e-5, batch 32, eval every 500-1000 batches, actor_reward_weight 0.5, no PPO with actor reward) is not
 # the configuration it ran; `-S` any of them on top.
 MARKOVIAN = {
     "scale": "full",
     "markovian.model": "meta-llama/Llama-3.1-8B-Instruct",
-    "markovian.tasks": ["gsm8k"],  # GSM8K; another of the seed's datasets: MARKOVIAN_TASKS (--task)
+    "markovian.tasks": ["gsm8k"],  # GSM8K; another of the source write-up's datasets: MARKOVIAN_TASKS (--task)
     "markovian.cot_length": 100,  # CoT length GSM8K 100
     "markovian.actor_reward_weight": 1.0,
     # The reference's form: its actor reward is scored under no_grad (src/evaluation.py L223), so the runs behind the
@@ -95,7 +95,7 @@ MARKOVIAN = {
     "markovian.save_every": 500,
 }
 
-# Markovian on the seed's other datasets: the row's CoT length, temperature, batch and PPO per dataset. arc, mmlu,
+# Markovian on the source write-up's other datasets: the row's CoT length, temperature, batch and PPO per dataset. arc, mmlu,
 # mathqa and wiki load from the hub (task_specs); svamp and aqua are shipped.
 MARKOVIAN_TASKS: dict[str, dict[str, Any]] = {
     "gsm8k": {},
@@ -158,18 +158,18 @@ SELF_IMPROVING = {
 # SimulEq); argument correct 59% (test 64%); ~12,000 training samples before overfitting.
 TRANSPLANT = {
     "scale": "full",
-    # Any 7B instruct model: an open, ungated one (the seed's LLaMA-7B Alpaca has no maintained hub checkpoint)
+    # Any 7B instruct model: an open, ungated one (the source write-up's LLaMA-7B Alpaca has no maintained hub checkpoint)
     "transplant.model": "Qwen/Qwen2.5-7B-Instruct",
     "transplant.residual_fp64": True,  # residual stream in float64
     # Flash attention: no cotlab key (transformers' default attention, SDPA, on CUDA).
-    # The shipped ones of the seed's problems; AddSub, SingleOP, MultiArith, ASDiv, SingleEq, SimulEq are not shipped
+    # The shipped ones of the source write-up's problems; AddSub, SingleOP, MultiArith, ASDiv, SingleEq, SimulEq are not shipped
     # (a `local` task_specs entry takes any of them).
     "transplant.tasks": ["svamp", "gsm8k"],
     # argument correct 59% (test 64%): one rate for both splits here
     "candidates.argument_correct_rate": 0.59,
-    # The seed's LLM teacher is not named: the candidates keep params.yaml's teacher (the oracle; -S teacher.backend=
+    # The source write-up's LLM teacher is not named: the candidates keep params.yaml's teacher (the oracle; -S teacher.backend=
     # openai -S teacher.model=... for an LLM's).
-    # ~12,000 training samples: 3,000 steps of params.yaml's batch of 4 (the seed's batch is not in the row)
+    # ~12,000 training samples: 3,000 steps of params.yaml's batch of 4 (the source write-up's batch is not in the row)
     "transplant.steps": 3000,
     "transplant.eval_every": 100,  # no seed value: 31 curve points
 }
@@ -190,7 +190,7 @@ TARGETS: dict[str, list[str]] = {
     "transplant": ["transplant"],
 }
 
-# What the seed reported, to read the experiment's metrics against.
+# What the source write-up reported, to read the experiment's metrics against.
 REPORTED = {
     "codi": "43.7% with the universe (few-shot base 43.8%, no universe 14.8%)",
     "markovian": "(the row reports no accuracy; its failures: PPO ratio explosion, mode collapse)",
@@ -204,7 +204,7 @@ MODEL_KEYS = {"codi": "codi.model", "markovian": "markovian.model", "self_improv
 
 
 def preset(system: str, task: str | None = None) -> dict[str, Any]:
-    """The preset of `system` (a key of PRESETS); for markovian, `task` picks another of the seed's datasets."""
+    """The preset of `system` (a key of PRESETS); for markovian, `task` picks another of the source write-up's datasets."""
     if system not in PRESETS:
         raise KeyError(f"{system!r}: no such preset (presets: {', '.join(PRESETS)})")
     values = dict(PRESETS[system])
@@ -276,7 +276,7 @@ def main(argv: list[str]) -> int:
     if args.list:
         for name, values in PRESETS.items():
             key = MODEL_KEYS[name]
-            print(f"{name}: {key}={values[key]}; targets {' '.join(TARGETS[name])}; the seed: {REPORTED[name]}")
+            print(f"{name}: {key}={values[key]}; targets {' '.join(TARGETS[name])}; the source write-up: {REPORTED[name]}")
         return 0
     if args.system is None:
         parser.error("name a system, or --list")

@@ -18,7 +18,7 @@ from cotlab.evaluation.stats import mcnemar_exact, wilson_interval
 from cotlab.schema import read_jsonl
 
 ALPHA = 0.05
-DRAFT_DROP = 0.03  # the seed's bar for the no-draft and shuffled-draft ablations: accuracy falls by >= 3 pp
+DRAFT_DROP = 0.03  # the source write-up's bar for the no-draft and shuffled-draft ablations: accuracy falls by >= 3 pp
 IG_TARGET = 0.05  # the completeness error integrated gradients should stay under (relative to f(x) - f(x'))
 
 
@@ -262,7 +262,7 @@ def self_improving_checks(root: Path, task: str, result: dict, trivial: dict) ->
                          _ci(r["diff_ci_low"], r["diff_ci_high"], points=True), r["mcnemar_p"],
                          "; ".join(ablations) or "-", shown,
                          yardsticks(r, trivial.get(task), models["base_zeroshot"]), why))
-    # Does Phase C read the draft? The seed's bar: removing or shuffling the draft costs >= 3 pp (here also p < ALPHA)
+    # Does Phase C read the draft? The source write-up's bar: removing or shuffling the draft costs >= 3 pp (here also p < ALPHA)
     drops = {m: models.get(f"dpo_{m}") for m in ("no_draft", "shuffled_draft")}
     if "dpo" in models and all(a is not None and "diff_vs_full" in a for a in drops.values()):
         no_draft, shuffled = drops["no_draft"], drops["shuffled_draft"]

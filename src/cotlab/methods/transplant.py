@@ -1,4 +1,4 @@
-"""Hidden-state transplant verification (DESIGN.md system 4).
+"""Hidden-state transplant verification.
 
 A math problem comes with two explained answers E_A and E_B (one correct, one with a slip carried through) and an
 argument that one of them is correct. The verdict is read off the explanations as the model understood them while

@@ -1,4 +1,4 @@
-"""One self-guided round (DESIGN.md system 1, Phase C repeated): the round's starting model drafts anew for the
+"""One self-guided round (the self-improving system, Phase C repeated): the round's starting model drafts anew for the
 train and test questions, pairs are rebuilt from those drafts and the teacher's reasoning, DPO trains again from
 that model, and the new model is evaluated on the test questions with its own new drafts."""
 
