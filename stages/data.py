@@ -1,6 +1,7 @@
 """Stage data@<task> (and codi_data@<task>): train/test splits of one task in the example schema, and their sizes and
 class shares. An optional second argument names the group folder: data/<group>/<task> (default: tasks)."""
 from collections import Counter
+from typing import Literal
 
 from cotlab import tracking
 from cotlab.schema import write_json, write_jsonl
@@ -9,7 +10,7 @@ from cotlab.stage import data_dir, mlflow_params, stage_main
 
 
 @stage_main("data")
-def main(params, task, group="tasks"):
+def main(params, task, group: Literal["tasks", "codi", "markovian"] = "tasks"):
     sizes = params.sizes
     out = data_dir(task) if group == "tasks" else f"data/{group}/{task}"
     metrics_path = f"metrics/data/{task}.json" if group == "tasks" else f"metrics/data/{group}/{task}.json"

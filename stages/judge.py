@@ -29,7 +29,7 @@ def main(params, task):
         del model
         challenger = {row["id"]: asked_questions(row) for row in drafts}
         pairs = judge_pairs(test, challenger, incumbent)
-        responses, usage = Teacher(cfg).run([Request(p["id"], p["messages"], "judge") for p in pairs])
+        responses, usage = Teacher(cfg, section="judge").run([Request(p["id"], p["messages"], "judge") for p in pairs])
         verdicts = [parse_verdict(r.text) if r.status == "ok" else None for r in responses]
         metrics = {**win_rate(pairs, verdicts), "challenger": cfg.challenger,
                    "challenger_question_rate": sum(bool(q) for q in challenger.values()) / len(test),

@@ -7,6 +7,7 @@ steps under checkpoints/<variant>/<task> (persisted by DVC: a killed run resumes
 import random
 import tempfile
 from dataclasses import asdict, replace
+from typing import Literal
 
 from cotlab import tracking
 from cotlab.distributed import is_main_process
@@ -24,7 +25,7 @@ def held_out(test, n: int, seed: int):
 
 
 @stage_main("markovian", trains=True)
-def main(params, task, variant="markovian"):
+def main(params, task, variant: Literal["markovian", "non_markovian"] = "markovian"):
     config = replace(params.section("markovian", markovian.MarkovianConfig), markovian=VARIANTS[variant])
     train = read_examples(f"{markovian_data_dir(task)}/train.jsonl")
     test = read_examples(f"{markovian_data_dir(task)}/test.jsonl")

@@ -2,6 +2,7 @@
 Stage prepare_system_model@<system> (`python stages/prepare_model.py <system>`, for codi, markovian, transplant): that
 system's base under models/base_<system>/, from `<system>.model`, or the shared model when it is null."""
 import os
+from typing import Literal
 
 from cotlab import hub, tracking
 from cotlab.models import EMBEDDED, TINY, prepare_base
@@ -9,7 +10,7 @@ from cotlab.stage import base_dir, mlflow_params, stage_main
 
 
 @stage_main("prepare_model")
-def main(params, system=None):
+def main(params, system: Literal["codi", "markovian", "transplant"] = None):
     name, key = params.model_source(system)
     out = base_dir(system)
     if name not in (EMBEDDED, TINY) and not os.path.exists(name):

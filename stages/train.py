@@ -3,6 +3,7 @@ sft and cot_distill (Phase A, B) train on the filtered teacher data (data/filter
 reasoning, rebalance weights); cot_sft, the CoT-SFT baseline of CODI, on CODI's own data (data/codi/<task>, the
 dataset's reasoning), from CODI's base model (models/base_codi)."""
 from dataclasses import asdict
+from typing import Literal
 
 from cotlab import tracking
 from cotlab.distributed import is_main_process
@@ -15,7 +16,7 @@ from cotlab.stage import base_dir, codi_data_dir, filtered_dir, mlflow_params, m
 
 
 @stage_main("train", trains=True)
-def main(params, method, task):
+def main(params, method: Literal["sft", "cot_distill", "cot_sft"], task):
     cfg = params.resolve(params.section(method, sft.TrainConfig))
     template = template_for(method)
     if method != "cot_distill" and cfg.init_from != "base":

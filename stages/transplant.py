@@ -6,6 +6,7 @@ loss per step (plots/train/<variant>/<task>.csv), the curves on train and test i
 (..._curves.csv: accuracy, the argument's own correctness rate, how often the verdict follows the argument), and the
 test predictions (eval/<variant>/<task>) that compare pairs."""
 from dataclasses import asdict, replace
+from typing import Literal
 
 from cotlab import tracking
 from cotlab.distributed import is_main_process
@@ -26,7 +27,7 @@ def progress(row: dict) -> None:
 
 
 @stage_main("transplant", trains=True)
-def main(params, task, variant="transplant"):
+def main(params, task, variant: Literal["transplant", "transplant_masked", "no_transplant"] = "transplant"):
     config = replace(params.section("transplant", transplant.TransplantConfig), **VARIANTS[variant])
     batch_size = params.evaluate.batch_size or params.sizes.eval_batch_size
     with tracking.stage_run(f"transplant@{variant}-{task}", mlflow_params(params), method=variant, task=task):

@@ -31,7 +31,7 @@ def planted_key(monkeypatch):
 def config(server, **overrides) -> TeacherConfig:
     return TeacherConfig(**{"backend": "openai", "model": "test-model", "base_url": server.base_url,
                             "api_key_env": KEY_ENV, "concurrency": 8, "timeout_s": 1.0, "max_retries": 2,
-                            **overrides})
+                            "max_failure_rate": 1.0, **overrides})  # the fault tests count every failure kind
 
 
 def ask(*prompts: str) -> list[Request]:
@@ -88,6 +88,42 @@ def test_rerun_sends_only_what_was_not_answered(tmp_path):
     assert [r.cached for r in second] == [True, True, True, False] and all(r.status == "ok" for r in second)
     assert [r.text for r in second[:3]] == [r.text for r in first[:3]]
     assert usage2.cache_hits == 3 and usage2.sent == 1 and usage2.prompt_tokens < usage1.prompt_tokens
+
+
+def test_a_run_whose_requests_mostly_fail_stops_naming_the_endpoint_and_the_failures(tmp_path):
+    """Past max_failure_rate the run raises before anything is returned to the stage (so it writes nothing); the
+    answers that did come back are cached. At the rate exactly, it goes on."""
+    from cotlab.errors import BackendFailedError
+
+    with FakeOpenAI(faults={"down": ["500"] * 20}) as server:
+        teacher = Teacher(config(server, max_failure_rate=0.25, max_retries=1), cache_dir=tmp_path)
+        with pytest.raises(BackendFailedError) as error:
+            teacher.run(ask("down 1", "down 2", "fine"))
+        message = str(error.value)
+        assert f"2 of the 3 requests sent to {server.base_url} (model test-model) failed (server_error_500 2)" in message
+        assert "teacher.max_failure_rate (0.25)" in message and "1 answers came back and are cached" in message
+        assert len(ResponseCache(tmp_path)) == 1
+        responses, usage = teacher.run(ask("down 3", "a", "b", "c"))  # 1 of 4 = 25%: not more than allowed
+        assert [r.status for r in responses] == ["failed", "ok", "ok", "ok"] and usage.failed["server_error_500"] == 1
+
+
+def test_the_teacher_stage_with_nothing_listening_exits_2_and_keeps_the_previous_outputs(tmp_path):
+    with FakeOpenAI() as server:
+        root, env = _stage_project(tmp_path, server, n=6, concurrency=2)
+        url = server.base_url
+    # The server is gone: its port refuses connections.
+    previous = {"data/teacher/strategyqa/train.jsonl": '{"id": "x", "status": "ok"}\n',
+                "metrics/teacher/strategyqa.json": '{"usage.answered": 6}\n'}
+    for name, text in previous.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    result = subprocess.run([sys.executable, str(ROOT / "stages" / "teacher.py"), "strategyqa"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert f"6 of the 6 requests sent to {url} (model test-model) failed (connection 6)" in message
+    assert "BackendFailedError" in message and "teacher.base_url" in message
+    assert {name: (root / name).read_text() for name in previous} == previous
 
 
 def test_concurrency_is_bounded_and_used(tmp_path):

@@ -10,6 +10,11 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class BackendFailedError(RuntimeError):
+    """More of a teacher's or judge's requests failed than its max_failure_rate allows; the message names the
+    endpoint and the failure kinds. Raised before the stage writes anything."""
+
+
 class OracleUnavailable(Exception):
     """The dataset has no reasoning for this example, so an oracle teacher cannot answer it (data.candidates and
     formats raise it, teacher catches it)."""

@@ -12,6 +12,7 @@ import sys
 
 from cotlab.config import SECTIONS, ConfigError, Params, load_params
 from cotlab.data.candidates import CandidatesConfig
+from cotlab.data.sources import check_task_spec
 from cotlab.data.filtering import FilterConfig
 from cotlab.evaluation.attribution import AttributionConfig
 from cotlab.evaluation.compare import CompareConfig
@@ -34,8 +35,11 @@ assert set(CONFIG_CLASSES) == set(SECTIONS), "config.SECTIONS and CONFIG_CLASSES
 
 
 def all_sections(params: Params) -> dict[str, object]:
-    """Every section built and checked; the first bad key raises ConfigError naming it."""
-    return {name: params.section(name, cls) for name, cls in CONFIG_CLASSES.items()}
+    """Every section built and checked, then every task spec; the first bad key raises ConfigError naming it."""
+    sections = {name: params.section(name, cls) for name, cls in CONFIG_CLASSES.items()}
+    for task, spec in params.task_specs.items():
+        check_task_spec(task, spec)
+    return sections
 
 
 def main(argv: list[str]) -> int:
@@ -45,7 +49,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"cotlab: {path}: {e}", file=sys.stderr)
         return 2
-    print(f"cotlab: {path}: every section is valid")
+    print(f"cotlab: {path}: every section and task spec is valid")
     return 0
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal, Sequence
 
 from cotlab.config import ConfigError
 from cotlab.answers import is_correct
-from cotlab.errors import OracleUnavailable
+from cotlab.errors import BackendFailedError, OracleUnavailable
 from cotlab.formats import Draft, parse_draft, reasoning_steps, render_teacher
 from cotlab.schema import Example, write_json
 from cotlab.prompts import ANSWER_HINT, display_answer, question_block
@@ -52,8 +52,13 @@ class TeacherConfig:
     max_tokens: int = 512
     local_batch_size: int = 16
     dry_run: bool = False
+    # local, openai: a run whose share of failed requests (after the client's retries) exceeds this stops with
+    # BackendFailedError before writing anything; the answers that came back stay cached for the next run.
+    max_failure_rate: float = 0.25
 
     def __post_init__(self):
+        if not 0 <= self.max_failure_rate <= 1:
+            raise ConfigError(f"max_failure_rate: {self.max_failure_rate!r} must be a share in [0, 1]")
         env_name = self.api_key_env
         if env_name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", env_name):
             # Never echo the value: it may be the key itself, pasted where its variable's name belongs.
@@ -180,8 +185,9 @@ def oracle_teacher(example: Example, draft_text: str) -> str:
 
 class Teacher:
     def __init__(self, config: TeacherConfig, cache_dir: str | Path | None = None,
-                 oracle: Callable[[Request], str] | None = None):
+                 oracle: Callable[[Request], str] | None = None, section: str = "teacher"):
         self.config = config
+        self.section = section  # the params section, named in errors
         self.cache = ResponseCache(cache_dir or default_cache_dir())
         self.oracle = oracle
         self._local = None
@@ -268,11 +274,32 @@ class Teacher:
         usage.cost_usd = 0.0 if self.config.backend != "openai" else estimate_cost(
             self.config.model, usage.prompt_tokens, usage.completion_tokens)
         usage.wall_s = round(time.perf_counter() - start, 3)
+        self._check_failure_rate(usage)
         out = []
         for request, key in zip(requests, keys):
             r = answers[key]
             out.append(r if r.id == request.id else Response(**{**asdict(r), "id": request.id}))
         return out, usage
+
+    @property
+    def endpoint(self) -> str:
+        if self.config.backend == "openai":
+            return f"{self.config.base_url or 'https://api.openai.com/v1'} (model {self.config.model})"
+        return f"the {self.config.backend} model {self.config.model}"
+
+    def _check_failure_rate(self, usage: Usage) -> None:
+        """The oracle's failures are examples without reasoning, a property of the data; a served or local
+        model's failures past max_failure_rate mean the endpoint is wrong or down, and its outputs must not
+        replace good ones."""
+        n_failed = sum(usage.failed.values())
+        if self.config.backend == "oracle" or not usage.sent or n_failed <= self.config.max_failure_rate * usage.sent:
+            return
+        kinds = ", ".join(f"{reason} {n}" for reason, n in usage.failed.most_common())
+        raise BackendFailedError(
+            f"{n_failed} of the {usage.sent} requests sent to {self.endpoint} failed ({kinds}), more than "
+            f"{self.section}.max_failure_rate ({self.config.max_failure_rate:g}) allows; nothing was written. "
+            f"{usage.answered} answers came back and are cached, so the next run sends only the failed requests. "
+            f"Check {self.section}.base_url, {self.section}.model and the server's log.")
 
     def _store(self, key: str, text: str, prompt_tokens: int, completion_tokens: int) -> None:
         self.cache.put(key, {"key": key, "backend": self.config.backend, "model": self.model_name, "text": text,

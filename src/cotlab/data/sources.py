@@ -330,15 +330,20 @@ def rg_item(dataset: str, item: dict, ex_id: str) -> Example:
                    reasoning=reasoning, metadata=metadata)
 
 
-def _reasoning_gym(name, spec, sizes, seed):
-    import reasoning_gym
-
+def _reasoning_gym_options(name, spec):
     dataset = _string(name, spec, "dataset", required=True)
     if dataset not in RG_DATASETS:
         raise _bad(name, "dataset", dataset, f"unsupported reasoning_gym dataset; expected one of {sorted(RG_DATASETS)}")
     config = spec.get("config", {})
     if not isinstance(config, dict):
         raise _bad(name, "config", config, "must be a mapping of reasoning_gym dataset options")
+    return dataset, config
+
+
+def _reasoning_gym(name, spec, sizes, seed):
+    import reasoning_gym
+
+    dataset, config = _reasoning_gym_options(name, spec)
     out = {}
     for split in ("test", "train"):
         # Headroom for train rows dropped because they repeat a test question.
@@ -355,7 +360,7 @@ def _reasoning_gym(name, spec, sizes, seed):
     return out
 
 
-def _personal_relations(name, spec, sizes, seed):
+def _personal_relations_options(name, spec):
     universe = spec.get("universe", True)
     if not isinstance(universe, bool):
         raise _bad(name, "universe", universe, "must be true or false")
@@ -363,26 +368,32 @@ def _personal_relations(name, spec, sizes, seed):
     if (not isinstance(hops, (list, tuple)) or len(hops) != 2 or not all(type(h) is int for h in hops)
             or not 1 <= hops[0] <= hops[1] <= 10):
         raise _bad(name, "hops", hops, "must be [min, max] integers with 1 <= min <= max <= 10")
-    n_people = _int(name, spec, "n_people", 30, 3, len(personal_relations.NAMES))
-    distractors = _int(name, spec, "distractors", 6, 0, 1000)
-    return personal_relations.generate(sizes["train"], sizes["test"], seed, universe=universe, hops=tuple(hops),
-                                       n_people=n_people, distractors=distractors)
+    return {"universe": universe, "hops": tuple(hops),
+            "n_people": _int(name, spec, "n_people", 30, 3, len(personal_relations.NAMES)),
+            "distractors": _int(name, spec, "distractors", 6, 0, 1000)}
 
 
-def _lockers(name, spec, sizes, seed):
+def _personal_relations(name, spec, sizes, seed):
+    return personal_relations.generate(sizes["train"], sizes["test"], seed, **_personal_relations_options(name, spec))
+
+
+def _lockers_options(name, spec):
     colours = spec.get("colours", list(lockers.COLOURS))
     if (not isinstance(colours, (list, tuple)) or len(colours) < 2 or len(set(colours)) != len(colours)
             or not all(isinstance(c, str) and c.strip() for c in colours)):
         raise _bad(name, "colours", colours, "must be a list of at least 2 distinct names")
-    digits = _int(name, spec, "digits", 4, 1, 9)
-    return lockers.generate(sizes["train"], sizes["test"], seed, tuple(colours), digits)
+    return tuple(colours), _int(name, spec, "digits", 4, 1, 9)
+
+
+def _lockers(name, spec, sizes, seed):
+    return lockers.generate(sizes["train"], sizes["test"], seed, *_lockers_options(name, spec))
 
 
 def _hidden_fact(name, spec, sizes, seed):
     return hidden_fact.generate(sizes["train"], sizes["test"], seed)
 
 
-def _hub(name, spec, sizes, seed):
+def _hub_options(name, spec):
     dataset = _string(name, spec, "dataset", required=True)
     if dataset not in HUB:
         raise _bad(name, "dataset", dataset, f"unknown hub dataset; expected one of {sorted(HUB)}")
@@ -404,6 +415,11 @@ def _hub(name, spec, sizes, seed):
             raise _bad(name, key, value, "must be a positive integer or null (no length filter)")
     if options:
         mapper = functools.partial(mapper, **options)
+    return dataset, hub_id, subset, splits, mapper
+
+
+def _hub(name, spec, sizes, seed):
+    dataset, hub_id, subset, splits, mapper = _hub_options(name, spec)
 
     def load(split: str) -> list[Example]:
         from cotlab import hub
@@ -470,7 +486,7 @@ def local_rows(rows: list[dict], path: Path, fields: dict, answer_type: str | No
     return out
 
 
-def _local(name, spec, sizes, seed):
+def _local_options(name, spec):
     path = Path(_string(name, spec, "path", required=True))
     fields = spec.get("fields", {})
     if not isinstance(fields, dict) or set(fields) - set(Example.__dataclass_fields__):
@@ -478,13 +494,29 @@ def _local(name, spec, sizes, seed):
     answer_type = spec.get("answer_type")
     if answer_type is not None and answer_type not in ANSWER_TYPES:
         raise _bad(name, "answer_type", answer_type, f"must be one of {list(ANSWER_TYPES)}")
+    return path, fields, answer_type, _string(name, spec, "test_path")
+
+
+def _local(name, spec, sizes, seed):
+    path, fields, answer_type, test_path = _local_options(name, spec)
     train = local_rows(_read_table(path), path, fields, answer_type, f"{name}-train")
-    test_path = _string(name, spec, "test_path")
     if test_path is None:
         train, test = seeded_split(train, _fraction(name, spec), seed)
     else:
         test = local_rows(_read_table(Path(test_path)), Path(test_path), fields, answer_type, f"{name}-test")
     return {"train": train, "test": test}
+
+
+def check_task_spec(name: str, spec: dict) -> None:
+    """Every key and value of one task spec, loading nothing: `python -m cotlab.sections` (and the check_params
+    stage) runs it on every spec, so a bad one fails before the first stage, not when its data stage is reached."""
+    source = _validate(name, spec)
+    if "test_fraction" in spec:
+        _fraction(name, spec)
+    options = {"reasoning_gym": _reasoning_gym_options, "personal_relations": _personal_relations_options,
+               "lockers": _lockers_options, "hub": _hub_options, "local": _local_options}
+    if source in options:
+        options[source](name, spec)
 
 
 LOADERS = {
