@@ -3,7 +3,7 @@ question; one dvc.yaml matrix): RL of the
 actor (base + LoRA) on CoTs scored by how well they predict the gold answer (methods/markovian.py), on
 data/markovian/<task>. Writes the adapter (models/<variant>/<task>), every step's monitors
 (plots/train/<variant>/<task>.csv), the held-out evaluation curve (..._eval.csv) and a checkpoint every `save_every`
-steps under checkpoints/<variant>/<task> (persisted by DVC: a killed run resumes there)."""
+steps under .cotlab-cache/checkpoints/<variant>/<task> (outside DVC's outs: a killed run resumes there)."""
 import random
 import tempfile
 from dataclasses import asdict, replace
@@ -14,7 +14,7 @@ from cotlab.distributed import is_main_process
 from cotlab.schema import read_examples, write_csv, write_json
 from cotlab.methods import markovian
 from cotlab.models import load_for_training, resolve_device, save_adapter
-from cotlab.stage import base_dir, markovian_data_dir, mlflow_params, model_dir, stage_main
+from cotlab.stage import base_dir, checkpoint_dir, markovian_data_dir, mlflow_params, model_dir, stage_main
 
 VARIANTS = {"markovian": True, "non_markovian": False}
 
@@ -37,7 +37,7 @@ def main(params, task, variant: Literal["markovian", "non_markovian"] = "markovi
         sampler = markovian.make_sampler(params.generation, model, tokenizer, base, scratch)
         metrics, curve, eval_curve = markovian.train(
             model, tokenizer, train, held_out(test, config.n_eval, params.seed), config,
-            f"checkpoints/{variant}/{task}", sampler, params.sizes.eval_batch_size, seed=params.seed,
+            checkpoint_dir(variant, task), sampler, params.sizes.eval_batch_size, seed=params.seed,
             base_fingerprint=base_manifest["fingerprint"])
         if not is_main_process():  # under accelerate every process trains; the main one writes
             return

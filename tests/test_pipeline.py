@@ -167,7 +167,7 @@ def test_markovian_stages_train_with_monitors_and_evaluate_two_stage_against_the
             assert all(math.isfinite(float(r[key])) for r in rows), key
         evals = list(csv.DictReader((root / f"plots/train/{variant}/lockers_eval.csv").open()))
         assert [int(r["step"]) for r in evals] == [0, 2, 4]
-        state = json.loads((root / f"checkpoints/{variant}/lockers/latest/state.json").read_text())
+        state = json.loads((root / f".cotlab-cache/checkpoints/{variant}/lockers/latest/state.json").read_text())
         assert state["step"] == 4  # the resume point of the next run
     test = read("data/markovian/lockers/test.jsonl")
     for name in ("markovian", "markovian_base", "non_markovian", "non_markovian_base"):
@@ -314,8 +314,13 @@ def test_repro_after_a_finished_run_does_nothing(repo):
 
 def test_temp_and_queued_experiments_land_in_the_same_store(repo):
     root = repo["root"]
-    # Phase C's learning rate: DPO, its evaluations, attribution, judge and the round re-run; earlier stages do not.
-    sh(root, "dvc", "exp", "run", "--temp", "-S", "dpo.lr=1e-4")
+    # Phase C's learning rate: DPO, its evaluations, attribution, judge and the round re-run; earlier stages do not,
+    # nor the Markovian stages, whose resume state lives outside DVC's outs (absent from the temp copy, it once
+    # re-ran them). check_params reads every param, so it runs, and changes nothing downstream.
+    out = sh(root, "dvc", "exp", "run", "--temp", "-S", "dpo.lr=1e-4")
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"check_params", "dpo@strategyqa", "eval_dpo@strategyqa", "attribution@strategyqa",
+                   "judge@strategyqa", "self_guided@round1", "compare"}, ran
     # Two queued experiments run at once (two workers), writing to the one SQLite store in parallel.
     sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=3e-4")
     sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=5e-4")
@@ -349,6 +354,13 @@ def test_temp_and_queued_experiments_land_in_the_same_store(repo):
     shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
     text = json.dumps(shown)
     assert "0.0001" in text and "0.0003" in text and "0.0005" in text
+    # The sweep report reads the same experiments: one column per value of the param, each headline's value and p
+    # per column, and its mean and spread across them.
+    table = sh(root, sys.executable, str(ROOT / "scripts" / "seeds.py"), "--by", "dpo.lr").splitlines()
+    assert all(f"dpo.lr={v}" in table[0] for v in ("5e-05", "0.0001", "0.0003", "0.0005")), table[0]
+    row = next(line for line in table if line.startswith("| self_improving."))
+    assert row.count("p=") == 4 and "mean" in row and "sd" in row, row
+    assert any(line.startswith("| check: ") for line in table)
 
 
 # Every training stage, with the checkpoint it writes and its metrics file.

@@ -1,6 +1,7 @@
 """What makes the default run fast: bf16 where the CPU has native bf16 (trainable parameters stay fp32), generation
 that stops when the answer is complete, stages without model work that import no torch, the base's CoTs shared."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,27 @@ print(",".join(heavy))
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_a_stage_without_model_work_runs_without_torch(tmp_path):
+    """The whole run, not just the imports: data@strategyqa seeds its generators (stage_main) and writes its splits
+    without torch or transformers ever loaded (torch's import alone is ~3 s of a stage's start-up)."""
+    text = (ROOT / "params.yaml").read_text().replace("scale: demo", "scale: tiny")
+    (tmp_path / "params.yaml").write_text(text)
+    code = f"""
+import runpy, sys
+sys.argv = [{str(ROOT / "stages" / "data.py")!r}, "strategyqa"]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    print(",".join(sorted(m for m in ("torch", "transformers") if m in sys.modules)))
+"""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "data/tasks/strategyqa/train.jsonl").is_file()
+    assert out.stdout.strip() == "", out.stdout
 
 
 def test_the_base_cots_are_made_once_for_both_protocols(tiny_base, tokenizer, monkeypatch):

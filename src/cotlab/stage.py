@@ -74,6 +74,14 @@ def model_dir(method: str, task: str) -> str:
     return BASE_MODEL if method == "base" else f"models/{method}/{task}"
 
 
+def checkpoint_dir(variant: str, task: str) -> Path:
+    """A training stage's resume state (markovian@), outside every DVC out like the teacher's response cache
+    (`.cotlab-cache/`, or $COTLAB_CACHE_DIR): DVC neither removes it before a run nor misses it in a `dvc exp run
+    --temp` copy, so the stage re-runs only when its deps or params change. The state's fingerprint (params,
+    data, base weights, seed) decides whether a run may resume from it."""
+    return Path(os.environ.get("COTLAB_CACHE_DIR") or ".cotlab-cache") / "checkpoints" / variant / task
+
+
 def max_new_tokens(params: Params, template: str) -> int:
     sizes = params.sizes
     return sizes.max_new_tokens_cot if template == "cot" else sizes.max_new_tokens_direct
@@ -86,13 +94,15 @@ def mlflow_params(params: Params) -> dict:
 def seed_everything(seed: int) -> None:
     """Python's, numpy's and torch's global generators (CPU and every CUDA device), as transformers.set_seed does,
     but without importing transformers. Called before a stage creates anything, so LoRA's A matrices, CODI's
-    projection and new token rows, dropout masks and sampled CoTs all follow `seed`."""
+    projection and new token rows, dropout masks and sampled CoTs all follow `seed`. Torch is seeded when the
+    stage's script has imported it (every stage that builds a model imports cotlab.models or a method at its top);
+    a stage without model work does not pay torch's import (~3 s) for a seed it never draws from."""
     import numpy
-    import torch
 
     random.seed(seed)
     numpy.random.seed(seed)
-    torch.manual_seed(seed)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
 
 
 def declared_stage(argv: list[str]):

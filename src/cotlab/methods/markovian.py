@@ -112,7 +112,7 @@ class MarkovianConfig:
     lr: float = 5.0e-4  # reference: 1e-4 (8B); larger steps for a 24-step LoRA run on 135M
     max_grad_norm: float = 1.0
     eval_every: int = 8  # steps between evaluations on the held-out questions (plots/train/<variant>/<task>_eval.csv)
-    save_every: int = 8  # steps between checkpoints (checkpoints/<variant>/<task>: a killed run resumes there)
+    save_every: int = 8  # steps between checkpoints (.cotlab-cache/checkpoints/<variant>/<task>: a killed run resumes there)
     collapse: CollapseLimits = field(default_factory=CollapseLimits)
     n_eval: int = 24  # held-out test questions evaluated during training
     lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
