@@ -22,12 +22,13 @@ def main(params, task):
         token_ids = codi.add_codi_tokens(model, tokenizer)
         model_with_thoughts = codi.CODI(model, config).to(next(model.parameters()).device)
         metrics, curve = codi.train(model_with_thoughts, tokenizer, examples, config, token_ids,
-                                    seed=params.seed, report_to=["mlflow"])
+                                    seed=params.seed)
         if not is_main_process():  # under accelerate every process trains; the main one writes
             return
         codi.save(model_with_thoughts, tokenizer, model_dir("codi", task), base_dir("codi"),
                   {**asdict(config), "seed": params.seed, "task": task}, n_base_vocab, extra={"task": task})
         write_csv(f"plots/train/codi/{task}.csv", curve)
+        tracking.log_curve(curve)
         write_json(f"metrics/train/codi/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"codi@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps; last "

@@ -17,6 +17,7 @@ def main(params, task):
         if not is_main_process():  # under accelerate every process trains; the main one writes
             return
         write_csv(f"plots/train/dpo/{task}.csv", curve)
+        tracking.log_curve(curve)
         write_json(f"metrics/train/dpo/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"dpo@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps, "

@@ -25,6 +25,7 @@ def main(params, name):
                 for part in ("drafts_train", "drafts_test", "pairs"):
                     write_jsonl(f"data/rounds/{name}/{task}/{part}.jsonl", out[part])
                 write_csv(f"plots/train/{name}/{task}.csv", out["curve"])
+                tracking.log_curve(out["curve"])
                 write_jsonl(f"eval/{name}/{task}/predictions.jsonl", out["predictions"])
                 summary[task] = result = {"start": start, **out["summary"]}
                 tracking.log_metrics({"accuracy": result["eval"]["accuracy"],

@@ -38,6 +38,7 @@ def main(params, method: Literal["sft", "cot_distill", "cot_sft"], task):
                      params={**asdict(cfg), **run, "template": template, "task": task},
                      extra={"task": task, "init_from": init_from}, with_draft=cfg.with_draft)
         write_csv(f"plots/train/{method}/{task}.csv", curve)
+        tracking.log_curve(curve)
         write_json(f"metrics/train/{method}/{task}.json", metrics)
         tracking.log_metrics(metrics)
     print(f"{method}@{task}: loss {metrics['train_loss']:.4f} over {metrics['train_steps']} steps")

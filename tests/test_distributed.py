@@ -76,6 +76,11 @@ def adapter(path: Path) -> dict[str, torch.Tensor]:
 def mlflow_run_names(tmp_path: Path) -> list[str]:
     import mlflow
 
+    from cotlab import tracking
+
+    for pending in tmp_path.rglob("mlflow-pending"):  # the stages' runs, written now (waits for their flushes)
+        tracking.flush(pending.parent.parent)
+
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cotlab")
     return [r.info.run_name for r in client.search_runs([experiment.experiment_id])]

@@ -64,6 +64,7 @@ def dvc_stages(root) -> set[str]:
 
 
 def runs(root):
+    sh(root, sys.executable, "-m", "cotlab.tracking", "flush")  # waits for the stages' detached flushes
     client = mlflow.tracking.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cotlab")
     return client.search_runs([experiment.experiment_id], max_results=1000)

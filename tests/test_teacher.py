@@ -294,6 +294,9 @@ def test_the_api_key_is_written_nowhere(tmp_path):
         assert {a["authorization"] for a in server.attempts} == {f"Bearer {PLANTED}"}  # the key was used
     logs = result.stdout + result.stderr
     assert "teacher@strategyqa" in logs and PLANTED not in logs
+    flushed = subprocess.run([sys.executable, "-m", "cotlab.tracking", "flush"], cwd=root, env=env,
+                             capture_output=True, text=True, timeout=300)  # the stage's run, written to the store
+    assert flushed.returncode == 0 and PLANTED not in flushed.stdout + flushed.stderr
     written = [p for p in [*root.rglob("*"), *(tmp_path / "cache").rglob("*")]
                if p.is_file() and before.get(p) != p.stat().st_mtime_ns]
     assert len(written) > 10

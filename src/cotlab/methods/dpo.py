@@ -416,7 +416,7 @@ def train_checkpoint(params, task: str, base_dir: str, start_dir: str, pairs: li
     lora = params.section("cot_distill", TrainConfig).lora  # the Phase B adapter DPO continues
     model, tokenizer, _ = load_for_training(base_dir, resolve_device(params.model.device), "none", asdict(lora),
                                             start_dir)
-    model, metrics, curve = train(model, tokenizer, pairs, config, **run, report_to=["mlflow"],
+    model, metrics, curve = train(model, tokenizer, pairs, config, **run,
                                   heldout_pairs=heldout_pairs)
     if is_main_process():  # under accelerate every process trains; the main one writes
         save_adapter(model, tokenizer, out_dir, base_dir, "dpo", "cot", "none",

@@ -93,7 +93,7 @@ class LossCurve(TrainerCallback):
 
 
 def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig, *, template: str, max_length: int,
-          seed: int, report_to: Sequence[str] = ("mlflow",)) -> tuple[Any, dict, list[dict]]:
+          seed: int, report_to: Sequence[str] = ()) -> tuple[Any, dict, list[dict]]:
     """Fine-tune `model` (a PEFT model) in place on the section `config` (lr and epochs resolved), rendering rows
     with `template`. Returns (model, metrics, loss curve rows)."""
     if config.lr is None or config.epochs is None:
