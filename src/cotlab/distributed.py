@@ -72,10 +72,13 @@ def relaunch(compute: ComputeConfig, argv: Sequence[str]) -> int:
 
 
 def pin_device() -> None:
-    """In a launched process on a GPU machine: this process's GPU becomes "cuda", so `model.to("cuda")` lands on it."""
+    """In a launched process on a GPU machine: this process's GPU becomes "cuda", so `model.to("cuda")` lands on it.
+    Torch is imported only then: a stage without model work never loads it."""
+    if not launched():
+        return
     import torch
 
-    if launched() and torch.cuda.is_available():
+    if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
 
 
