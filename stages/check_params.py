@@ -6,6 +6,8 @@ so it re-runs nothing downstream. This is the one stage that imports every metho
 import sys
 from pathlib import Path
 
+from cotlab import tracking
+from cotlab.config import flatten, load_params
 from cotlab.sections import main
 
 OUT = Path("data/params_valid.txt")
@@ -14,5 +16,6 @@ if __name__ == "__main__":
     status = main(["params.yaml"])
     if status:
         sys.exit(status)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("every params section and task spec is valid\n")
+    with tracking.stage_run("check_params", flatten(load_params("params.yaml").as_dict())):
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text("every params section and task spec is valid\n")

@@ -66,6 +66,8 @@ def run_stage(root: Path, tmp_path: Path, overrides: dict, *argv: str) -> subpro
     done = subprocess.run([sys.executable, str(ROOT / "stages" / argv[0]), *argv[1:]], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
+    # The stage's run, in the store before the next run or the test reads it (waits for the detached flush).
+    subprocess.run([sys.executable, "-m", "cotlab.tracking", "flush"], cwd=root, env=env, check=True, timeout=300)
     return done
 
 
@@ -75,11 +77,6 @@ def adapter(path: Path) -> dict[str, torch.Tensor]:
 
 def mlflow_run_names(tmp_path: Path) -> list[str]:
     import mlflow
-
-    from cotlab import tracking
-
-    for pending in tmp_path.rglob("mlflow-pending"):  # the stages' runs, written now (waits for their flushes)
-        tracking.flush(pending.parent.parent)
 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cotlab")
@@ -165,7 +162,7 @@ def test_markovian_in_two_processes_splits_the_questions_and_writes_once(project
     assert metrics["processes"] == 2 and metrics["steps"] == 2
     curve = (project / "plots" / "train" / "markovian" / "arithmetic.csv").read_text().splitlines()
     assert len(curve) == 3 and done.stdout.count("step 1: answer log-prob") == 1
-    state = json.loads((project / "checkpoints" / "markovian" / "arithmetic" / "latest" / "state.json").read_text())
+    state = json.loads((project / ".cotlab-cache" / "checkpoints" / "markovian" / "arithmetic" / "latest" / "state.json").read_text())
     assert state["step"] == 2
     assert mlflow_run_names(tmp_path) == ["markovian@markovian-arithmetic"]
 
