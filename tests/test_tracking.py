@@ -67,8 +67,9 @@ with tracking.stage_run("data@strategyqa", {"p": 1}, task="strategyqa"):
     tracking.log_metrics({"n": 3})
 print("mlflow" in sys.modules)
 """
-    bad = tmp_path / "mlflow.db"
-    bad.mkdir()  # a folder where the store's file must be: SQLite cannot open it
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store's folder must be\n")  # refused at once (a folder there: ~3 min of retries)
+    bad = blocker / "mlflow.db"
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{bad}", "COTLAB_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("DVC_STAGE", None)
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -78,7 +79,7 @@ print("mlflow" in sys.modules)
     flushed = subprocess.run([sys.executable, "-m", "cotlab.tracking", "flush"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)  # waits for the detached one
     assert flushed.returncode == 0 and len(list(pending.glob("*.json"))) == 1  # refused, kept
-    bad.rmdir()
+    blocker.unlink()
     assert subprocess.run([sys.executable, "-m", "cotlab.tracking", "flush"], cwd=tmp_path, env=env,
                           timeout=300).returncode == 0
     assert not list(pending.glob("*.json"))
