@@ -13,7 +13,8 @@ def main(params, task):
     cfg = params.section("candidates", CandidatesConfig)
     teacher = Teacher(params.section("teacher", TeacherConfig), oracle=lambda r: oracle_candidates(r.example, r.context))
     # Loaded here, not from data@<task>, so the stage works whatever `tasks` lists (same seed: same split).
-    splits = load_task(task, params.task_specs[task], params.sizes.n_train, params.sizes.n_test, params.seed)
+    size = params.split_sizes(task)
+    splits = load_task(task, params.task_specs[task], size.n_train, size.n_test, params.seed)
     with tracking.stage_run(f"candidates@{task}", mlflow_params(params), task=task):
         made = {split: make_candidates(splits[split], teacher, params.seed, cfg.argument_correct_rate,
                                        cfg.corrupt_step, f"candidates ({task}/{split})")

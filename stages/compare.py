@@ -32,6 +32,7 @@ def main(params):
                                 cfg.bootstrap_resamples, cfg.confidence, params.seed)
         mechanisms = mechanism_checks(".", result, checked, verified, table, params.tasks_of("dpo"), systems["codi"],
                                       systems["markovian"], systems["transplant"], trivial)
+        mechanisms = [{**r, "scale_needed": cfg.scale_needed.get(r["system"])} for r in mechanisms]
         write_json("metrics/mechanisms.json", {f"{r['system']}.{r['check']}": r for r in mechanisms})
         write_json("metrics/compare.json", {**result, "pairs": pairs, "transplant": verified, "baselines": trivial})
         for system, summary in summaries(result, cfg.headline, cfg.bootstrap_resamples, cfg.confidence, params.seed,
@@ -44,7 +45,7 @@ def main(params):
         figures = report_figures(result, "plots/train", "reports/figures", trained, trivial)
         report = write_markdown("reports/compare.md", result, cfg.reference, pairs, verified,
                                 [(title, f"figures/{name}") for title, name in figures],
-                                mechanisms_markdown(mechanisms), trivial)
+                                mechanisms_markdown(mechanisms, cfg.scale_needed), trivial)
         write_accuracy_plot(result, "plots/compare/accuracy.csv")
         tracking.log_metrics({f"{t}.{m}.{k}": float(v) for t, ms in result.items() for m, r in ms.items()
                               for k, v in r.items() if isinstance(v, (int, float))})

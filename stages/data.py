@@ -11,11 +11,11 @@ from cotlab.stage import data_dir, mlflow_params, stage_main
 
 @stage_main("data")
 def main(params, task, group: Literal["tasks", "codi", "markovian"] = "tasks"):
-    sizes = params.sizes
+    size = params.split_sizes(task)
     out = data_dir(task) if group == "tasks" else f"data/{group}/{task}"
     metrics_path = f"metrics/data/{task}.json" if group == "tasks" else f"metrics/data/{group}/{task}.json"
     with tracking.stage_run(f"data@{task}", mlflow_params(params), task=task):
-        splits = load_task(task, params.task_specs[task], sizes.n_train, sizes.n_test, params.seed)
+        splits = load_task(task, params.task_specs[task], size.n_train, size.n_test, params.seed)
         metrics = {}
         for split, examples in splits.items():
             write_jsonl(f"{out}/{split}.jsonl", examples)

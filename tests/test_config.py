@@ -51,6 +51,15 @@ def test_section_lr_overrides_top_level():
     assert params.resolve(params.section("sft", TrainConfig)).epochs == params.sizes.epochs
 
 
+def test_a_task_size_overrides_the_scale_for_that_task_only():
+    data = params_dict()
+    data["scale"] = "tiny"
+    data["scales"]["tiny"]["task_sizes"] = {"svamp": {"n_train": 5, "n_test": None}}
+    params = parse_params(data)
+    assert (params.split_sizes("svamp").n_train, params.split_sizes("svamp").n_test) == (5, None)
+    assert (params.split_sizes("gsm8k").n_train, params.split_sizes("gsm8k").n_test) == (24, 12)
+
+
 @pytest.mark.parametrize(
     "mutate, key",
     [
@@ -62,6 +71,9 @@ def test_section_lr_overrides_top_level():
         (lambda d: d["sft"].update(padding_free="yes"), "sft.padding_free"),
         (lambda d: d["scales"]["tiny"].update(n_train=-1), "scales.tiny.n_train"),
         (lambda d: d.update(tasks=["nope"]), "tasks"),
+        (lambda d: d["scales"]["demo"].update(task_sizes={"nope": {"n_test": 5}}), "scales.demo.task_sizes"),
+        (lambda d: d["scales"]["demo"].update(task_sizes={"svamp": {"n_test": 0}}),
+         "scales.demo.task_sizes.svamp.n_test"),
         (lambda d: d.pop("seed"), "seed"),
         (lambda d: d["dpo"].update(tasks=["gsm8k", "svamp"]), "dpo.tasks"),
         (lambda d: d["dpo"]["schedule"][1].update(calibration="mean"), "dpo.schedule[1].calibration"),

@@ -247,6 +247,9 @@ def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_pa
     assert by["verdict vs the argument @svamp"]["effect"].startswith("not run")
     report = mechanisms_markdown(checks)
     assert report.startswith("## Mechanism checks") and report.count("\n| markovian |") == 3
+    assert "smallest size" not in report
+    needed = mechanisms_markdown(checks, {"transplant": "~12,000 samples", "codi": "not in these rows"})
+    assert "- **transplant**: ~12,000 samples" in needed and "codi" not in needed.split("smallest size")[1]
 
 
 def test_diff_metrics_names_each_difference_and_ignores_wall_clock(tmp_path):

@@ -41,6 +41,7 @@ def repo(tmp_path_factory):
     params["tasks"] = ["strategyqa"]
     params["dpo"]["tasks"] = ["strategyqa"]
     params["dpo"]["rounds"] = {"round1": {"start": "dpo"}}
+    params["compare"]["headline"]["dpo_sqa"] = "dpo@strategyqa vs base_zeroshot@strategyqa"
     params["compare"]["pairs"].append("codi@gsm8k vs cot_sft@gsm8k")  # codi.tasks has no gsm8k: not evaluated
     params["transplant"].update({"steps": 4, "batch_size": 2, "eval_every": 2, "n_curve": 4})
     params["markovian"].update({"steps": 4, "group_size": 4, "cot_length": 8, "answer_tokens": 4, "eval_every": 2,
@@ -96,7 +97,7 @@ def test_whole_dag_at_tiny_scale(repo):
         assert set(summary) == {"pp", "effects", "accuracy", "baselines"}
     headline = json.loads((root / "metrics/summary/self_improving.json").read_text())["pp"]
     assert headline["dpo_sqa"] == round(100 * compare["strategyqa"]["dpo"]["diff_vs_ref"], 1)
-    assert headline["dpo_syl"] is None  # syllogism is not a task of the tiny run: null, never NaN
+    assert headline["dpo"] is None  # hidden_fact is not a task of the tiny run: null, never NaN
     assert {p.name for p in (root / "reports" / "figures").glob("*.png")} >= {"accuracy.png", "training_loss.png"}
     assert "![Accuracy per task" in (root / "reports" / "compare.md").read_text()
     # Each stage ends with one line giving its wall time; long steps show tqdm bars with counts.

@@ -23,6 +23,12 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class TaskSize:
+    n_train: int | None = None  # None = all
+    n_test: int | None = None
+
+
+@dataclass
 class ScaleConfig:
     model: str  # "tiny-random", "embedded", a Hugging Face id or a local path
     n_train: int | None  # examples per split; None = all
@@ -34,6 +40,8 @@ class ScaleConfig:
     eval_batch_size: int
     n_pairs: int | None = None  # DPO pairs used (None = all): the schedule's epochs stay whole at every scale
     n_attribution: int = 24  # test questions attributed before and after DPO
+    # per-task n_train / n_test for this scale, where a check needs more rows than the others to show its effect
+    task_sizes: dict[str, TaskSize] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +112,10 @@ class Params:
     @property
     def sizes(self) -> ScaleConfig:
         return self.scales[self.scale]
+
+    def split_sizes(self, task: str) -> TaskSize:
+        """(n_train, n_test) of a task at this scale: its `task_sizes` row where it has one, else the scale's."""
+        return self.sizes.task_sizes.get(task, TaskSize(self.sizes.n_train, self.sizes.n_test))
 
     def section(self, name: str, cls: type):
         """The `name` section built as `cls` (a dataclass whose defaults equal params.yaml's values): unknown keys,
@@ -355,6 +367,10 @@ def parse_params(data: dict[str, Any]) -> Params:
                 raise ConfigError(f"{key}: {name!r} has no entry under task_specs (defined: {sorted(params.task_specs)})")
     for system in SYSTEMS:
         _system_model(sections, system)
+    for scale, config in params.scales.items():
+        for name in config.task_sizes:
+            if name not in params.task_specs:
+                raise ConfigError(f"scales.{scale}.task_sizes: {name!r} has no entry under task_specs")
     for name in ("tiny", "demo", "full"):
         if name not in params.scales:
             raise ConfigError(f"scales.{name}: required scale is missing")

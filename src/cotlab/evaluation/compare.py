@@ -39,12 +39,16 @@ class CompareConfig:
     # in points). Short and few (the ablations stay in compare.json), so that `dvc exp show --keep '^pp\.'` with an
     # experiment's name beside them fits 120 columns
     headline: dict[str, str] = field(default_factory=lambda: {
-        "dpo_sqa": "dpo@strategyqa vs base_zeroshot@strategyqa",
-        "dpo_syl": "dpo@syllogism vs base_zeroshot@syllogism",
+        "phase_b": "cot_distill@hidden_fact vs base_zeroshot@hidden_fact",
+        "dpo": "dpo@hidden_fact vs base_zeroshot@hidden_fact",
         "universe": "codi@personal_relations vs codi@personal_relations_no_universe",
         "codi_fs": "codi@personal_relations vs base_fewshot_cot@personal_relations",
         "markovian": "markovian@lockers vs markovian_base@lockers",
         "transplant": "transplant@svamp vs no_transplant@svamp"})
+    # system -> the scale its effect needs, for a system the run sizes only to exercise its stages (the report
+    # prints it under the mechanism checks, so a "no" there is not read as evidence against the method)
+    scale_needed: dict[str, str] = field(default_factory=lambda: {
+        "transplant": "the source saw its effect after ~12,000 training samples (steps x batch_size)"})
     bootstrap_resamples: int = 2000
     confidence: float = 0.95
 

@@ -405,7 +405,9 @@ def mechanism_checks(root: str | Path, result: dict, pairs: dict[str, dict], ver
     return rows
 
 
-def mechanisms_markdown(rows: list[dict]) -> str:
+def mechanisms_markdown(rows: list[dict], scale_needed: dict[str, str] | None = None) -> str:
+    """The mechanism table; `scale_needed` (system -> text) lists the systems this run sizes only to exercise their
+    stages, with the scale their effect needs, so their rows are read as smoke tests, not as evidence."""
     lines = ["## Mechanism checks", "",
              "Per system, the effect it exists for on a configuration sized so that a correct implementation shows it, "
              "its 95% interval and p-value (McNemar exact for paired accuracies, Spearman for the trend with Fisher's "
@@ -421,4 +423,9 @@ def mechanisms_markdown(rows: list[dict]) -> str:
         shown = "-" if r["shown"] is None else ("yes" if r["shown"] else f"no: {r['why']}" if r.get("why") else "no")
         lines.append(f"| {r['system']} | {r['check']} | {r['effect']} | {r['interval']} | {p} | {r['ablation']} | "
                      f"{r.get('yardsticks', '-')} | {shown} |")
+    needed = [f"- **{system}**: {text}" for system, text in (scale_needed or {}).items()
+              if any(r["system"] == system for r in rows)]
+    if needed:
+        lines += ["", "Run at the smallest size that exercises every stage, not at the scale the effect needs "
+                      "(a \"no\" in these rows is no evidence against the method):", *needed]
     return "\n".join(lines) + "\n"

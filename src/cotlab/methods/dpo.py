@@ -88,7 +88,7 @@ class DPOConfig:
     """The `dpo` section: Phase C (dpo@<task>), its schedule and variants, and the self-guided rounds that repeat it.
     Not TRL's DPOConfig, which train() builds from this one."""
 
-    tasks: list[str] = field(default_factory=lambda: ["strategyqa", "syllogism", "hidden_fact"])  # Phase C and its validations run on these
+    tasks: list[str] = field(default_factory=lambda: ["hidden_fact"])  # Phase C and its validations run on these
     schedule: list[DPOPhase] = field(default_factory=lambda: list(DEFAULT_DPO_SCHEDULE))
     reference: Literal["start", "base"] = "start"  # start: the Phase B policy (frozen adapter copy); base: adapters off
     drop_fraction: float = 0.15  # drop_top: share of the highest-loss pairs dropped per micro-batch

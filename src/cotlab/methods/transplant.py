@@ -59,13 +59,13 @@ class TransplantConfig:
     residual_fp64: bool = False  # the residual stream in float64 through the hooked layers (sublayers compute in the model dtype)
     masked: bool = False  # the ablation: every candidate identifier in the argument replaced by "_" (set per stage)
     transplant: bool = True  # false: the control without replacement, same prompts, pass 2 alone (set per stage)
-    steps: int = 16
+    steps: int = 8  # the smallest run that exercises every stage: the effect needs ~12,000 samples
     batch_size: int = 4
     lr: float = 5.0e-4
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    eval_every: int = 8  # steps between curve points (and at step 0 and the last step)
-    n_curve: int = 16  # train and test items evaluated at each curve point (seeded); the final evaluation takes all
+    eval_every: int = 4  # steps between curve points (and at step 0 and the last step)
+    n_curve: int = 8  # train and test items evaluated at each curve point (seeded); the final evaluation takes all
     lora: LoraParams = field(default_factory=lambda: LoraParams(r=8, alpha=16, dropout=0.0))
 
     def __post_init__(self):
