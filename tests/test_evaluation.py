@@ -19,6 +19,22 @@ def test_batched_generation_matches_one_at_a_time(tiny_base, examples):
     assert all(g.truncated == (g.n_new_tokens == 10) for g in batched)
 
 
+def test_prefix_cached_generation_gives_the_uncached_rows(tiny_base, examples):
+    """Few-shot prompts share their exemplars: run once, their cache copied into each batch, the rows unchanged
+    (each row keeps its own tokens and positions; the padding sits masked between the prefix and its rest)."""
+    from cotlab.evaluation.generate import shared_prefix_length
+
+    model, tokenizer, _ = load_checkpoint(tiny_base, "cpu")
+    shots = pick_shots(examples["train"], 2, seed=0)
+    prompts = [render_prompt(tokenizer, ex, "cot", shots=shots) for ex in examples["test"]]
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert shared_prefix_length(ids) > 50  # the exemplars
+    cached = generate(model, tokenizer, prompts, max_new_tokens=10, batch_size=3)
+    assert cached == generate(model, tokenizer, prompts, max_new_tokens=10, batch_size=3, prefix_cache=False)
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]], minimum=1) == 2  # every row keeps a token of its own
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 4]], minimum=3) == 0  # too short to pay
+
+
 def test_evaluate_writes_every_field(tiny_base, examples):
     model, tokenizer, _ = load_checkpoint(tiny_base, "cpu")
     shots = pick_shots(examples["train"], 2, seed=0)

@@ -15,6 +15,7 @@ are those of the transformers path.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import itertools
 import re
@@ -63,34 +64,62 @@ def _criteria(tokenizer, stop: str | None, prompt_length: int):
     return StoppingCriteriaList([_Stop(tokenizer, re.compile(stop), prompt_length)])
 
 
+MIN_SHARED_PREFIX = 16  # tokens: a shorter shared prefix saves less than copying its cache per batch costs
+
+
+def shared_prefix_length(token_ids: Sequence[Sequence[int]], minimum: int = MIN_SHARED_PREFIX) -> int:
+    """The number of leading tokens every prompt shares (the chat template, a system prompt, few-shot exemplars, a
+    universe), leaving each prompt at least one token of its own; 0 below `minimum`."""
+    n = min(len(ids) for ids in token_ids) - 1
+    first = token_ids[0]
+    for ids in token_ids[1:]:
+        n = next((k for k in range(n) if ids[k] != first[k]), n)
+    return n if n >= minimum else 0
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 16,
-             stop: str | None = None, desc: str = "generate") -> list[Generation]:
+             stop: str | None = None, desc: str = "generate", prefix_cache: bool = True) -> list[Generation]:
     """`model`: a transformers model or a VLLMGenerator (load_generator); `stop`: a regular expression ending in a
-    newline; a row whose new text matches it stops there."""
+    newline; a row whose new text matches it stops there. `prefix_cache`: the tokens all prompts share are run once
+    and their KV cache copied into every batch (each row is its prompt's own tokens either way: the padding sits
+    between the shared prefix and the row's rest, masked, with the positions of the unpadded prompt)."""
     if stop is not None and not stop.endswith("\\n"):
         raise ValueError(f"stop pattern {stop!r} must end with a newline (\\n): rows are matched when they emit one")
-    if isinstance(model, VLLMGenerator):
+    if isinstance(model, VLLMGenerator):  # vLLM caches shared prefixes itself
         return model.generate(tokenizer, prompts, max_new_tokens, stop, desc)
     device = next(model.parameters()).device
-    tokenizer.padding_side = "left"
     stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     pattern = re.compile(stop) if stop else None
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    token_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = shared_prefix_length(token_ids) if prefix_cache and len(prompts) > 1 else 0
+    prefix = torch.tensor([token_ids[0][:shared]], device=device)
+    cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache if shared else None
+    order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]))
     results: list[Generation | None] = [None] * len(prompts)
     with progress(total=len(prompts), desc=desc, unit="prompt") as bar:
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            batch = tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True, add_special_tokens=False)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            prompt_length = batch["input_ids"].shape[1]
+            rests = [token_ids[i][shared:] for i in index]
+            width = max(len(r) for r in rests)
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rests], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rests], device=device)
+            kwargs = {}
+            if shared:
+                ids = torch.cat([prefix.expand(len(index), -1), ids], dim=1)
+                mask = torch.cat([torch.ones(len(index), shared, dtype=mask.dtype, device=device), mask], dim=1)
+                kwargs["cache"] = copy.deepcopy(cache)
+                kwargs["cache"].batch_repeat_interleave(len(index))
+            prompt_length = ids.shape[1]
             output = model.generate(
-                **batch,
+                input_ids=ids,
+                attention_mask=mask,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
                 stopping_criteria=_criteria(tokenizer, stop, prompt_length),
+                **kwargs,
             )
             new_tokens = output[:, prompt_length:]
             for row, i in zip(new_tokens.tolist(), index):
