@@ -106,6 +106,9 @@ def test_each_system_gets_a_headline_summary_without_nan():
     assert out["codi"]["pp"] == {"codi_fewshot": 100.0} and set(out["codi"]["accuracy"]["pr"]) == {
         "codi", "base_fewshot_cot"}
     assert out["markovian"]["pp"] == {"markovian_vs_base": None}  # not evaluated: null, and said so
+    # a headline against a yardstick that answers one thing (base_fewshot_cot@pr: "no" on every row) says so
+    assert [out[s]["effects"][n]["against_collapsed"] for s, n in (("self_improving", "dpo_t"), (
+        "codi", "codi_fewshot"), ("markovian", "markovian_vs_base"))] == [False, True, None]
     assert out["markovian"]["effects"]["markovian_vs_base"]["missing"] == ["markovian@arith", "markovian_base@arith"]
     assert out["transplant"]["effects"]["transplant_vs_argument@svamp"]["diff"] == pytest.approx(-0.05)
     assert verified["svamp"]["transplant"]["accuracy_argument_wrong"] is None  # the argument was never wrong
