@@ -22,6 +22,7 @@ def params_with(tmp_path, old="", new=""):
     text = (ROOT / "params.yaml").read_text().replace("scale: demo", "scale: tiny").replace(
         "\ntasks: [hidden_fact]\n", "\ntasks: [strategyqa]\n", 1).replace("  tasks: [hidden_fact] # Phase C",
                                                                        "  tasks: [strategyqa] # Phase C", 1)
+    assert text.count("tasks: [strategyqa]") == 2, "params.yaml's tasks lines changed: update this helper"
     (tmp_path / "params.yaml").write_text(text.replace(old, new, 1))
 
 
