@@ -122,6 +122,9 @@ def test_each_system_gets_a_headline_summary_without_nan():
     assert out["codi"]["pp"] == {"codi_fewshot": 100.0} and set(out["codi"]["accuracy"]["pr"]) == {
         "codi", "base_fewshot_cot"}
     assert out["markovian"]["pp"] == {"markovian_vs_base": None}  # not evaluated: null, and said so
+    # a headline against a yardstick that answers one thing (base_fewshot_cot@pr: "no" on every row) says so
+    assert [out[s]["effects"][n]["against_collapsed"] for s, n in (("self_improving", "dpo_t"), (
+        "codi", "codi_fewshot"), ("markovian", "markovian_vs_base"))] == [False, True, None]
     assert out["markovian"]["effects"]["markovian_vs_base"]["missing"] == ["markovian@arith", "markovian_base@arith"]
     assert out["transplant"]["effects"]["transplant_vs_argument@svamp"]["diff"] == pytest.approx(-0.05)
     assert verified["svamp"]["transplant"]["accuracy_argument_wrong"] is None  # the argument was never wrong
@@ -232,6 +235,12 @@ def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_pa
     summary = {"median_relative_delta": 0.025, "draft_share": 0.3}
     (tmp_path / "metrics/attribution/syllogism.json").write_text(json.dumps(
         {"before_dpo": summary, "after_dpo": {**summary, "median_relative_delta": 0.16}}))
+    # the judge of syllogism had nothing to compare: Phase C wrote no questions in its drafts
+    (tmp_path / "metrics/judge").mkdir(parents=True)
+    (tmp_path / "metrics/judge/syllogism.json").write_text(json.dumps(
+        {"n_compared": 0, "wins": 0, "losses": 0, "ties": 0, "undecided": 0, "position_consistency": None,
+         "judge_picks_first": None, "sign_test_p": None, "challenger_question_rate": 0.0,
+         "incumbent_question_rate": 1.0, "challenger_drafts.n": 100}))
     # the draft-information check: Phase C loses 20 pp without its draft (p < 0.05) but only 2 pp with another's
     def ablation(diff, p):
         return {"ablation_of": "dpo", "diff_vs_full": diff, "diff_vs_full_ci_low": diff - 0.1,
@@ -254,6 +263,9 @@ def test_mechanism_checks_show_an_effect_its_ablation_and_what_is_missing(tmp_pa
     assert not partial["shown"] and partial["p"] == 0.001 and "-20.0 pp" in partial["effect"]  # shuffling: -2 pp
     assert carried_by_draft["shown"] and carried_by_draft["interval"] == "[-40.0, -20.0] pp"
     assert by["Phase B vs base @hidden_fact"]["effect"].startswith("not run")
+    judged = by["judge: questions vs the base's @syllogism"]
+    assert not judged["shown"] and judged["why"] == ("nothing to judge: the challenger's drafts asked questions on "
+                                                     "0.0% of 100 questions (the base's: 100.0%)")
     accuracy = by["two-stage accuracy (greedy) @lockers"]
     assert accuracy["shown"] and accuracy["p"] == pytest.approx(2 * 0.5 ** 20)
     assert "+50.0 pp" in accuracy["ablation"]  # non_markovian vs its base

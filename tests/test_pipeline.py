@@ -400,7 +400,8 @@ def test_every_training_stage_is_a_function_of_its_params_and_seed(repo, tmp_pat
 
     def run_lane(lane):
         for name in lane:
-            shutil.rmtree(root / "checkpoints", ignore_errors=True)  # markovian would resume a finished run
+            # markovian would resume its finished run (same fingerprint) and train nothing: the check would be void
+            shutil.rmtree(root / ".cotlab-cache" / "checkpoints", ignore_errors=True)
             sh(root, sys.executable, f"stages/{TRAINING_STAGES[name][0][0]}", *TRAINING_STAGES[name][0][1:])
 
     with ThreadPoolExecutor(2) as pool:

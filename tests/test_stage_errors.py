@@ -18,7 +18,11 @@ def run_stage(cwd, *args):
 
 
 def params_with(tmp_path, old="", new=""):
-    text = (ROOT / "params.yaml").read_text().replace("scale: demo", "scale: tiny")
+    # the tests below run StrategyQA's stages (a vendored task), which the demo leaves one `-S tasks=...` away
+    text = (ROOT / "params.yaml").read_text().replace("scale: demo", "scale: tiny").replace(
+        "\ntasks: [hidden_fact]\n", "\ntasks: [strategyqa]\n", 1).replace("  tasks: [hidden_fact] # Phase C",
+                                                                       "  tasks: [strategyqa] # Phase C", 1)
+    assert text.count("tasks: [strategyqa]") == 2, "params.yaml's tasks lines changed: update this helper"
     (tmp_path / "params.yaml").write_text(text.replace(old, new, 1))
 
 

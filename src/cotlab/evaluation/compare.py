@@ -389,10 +389,12 @@ def summaries(result: dict, headline: dict[str, str], n_resamples: int, confiden
                             ("self_improving", *SYSTEMS)}
     effects = compare_pairs(table, list(headline.values()), n_resamples, confidence, seed)
     for name, pair in headline.items():
-        (model, _), _ = parse_pair(pair)
+        (model, _), (against, against_task) = parse_pair(pair)
         system, effect = out[system_of(model)], effects[pair]
         system["pp"][name] = _points(effect.get("diff"))
-        system["effects"][name] = {"pair": pair, **effect}
+        # a yardstick that gives one answer to nearly every question is no yardstick: the effect says so
+        collapsed = result.get(against_task, {}).get(against, {}).get("collapsed")
+        system["effects"][name] = {"pair": pair, **effect, "against_collapsed": collapsed}
     for task, models in result.items():
         for model, r in models.items():
             out[system_of(model)]["accuracy"].setdefault(task, {})[model] = {

@@ -328,7 +328,12 @@ def self_improving_checks(root: Path, task: str, result: dict, trivial: dict) ->
                          f"{_pct(judge['position_consistency'])}",
                          _ci(judge.get("decisive_win_rate_ci_low"), judge.get("decisive_win_rate_ci_high")),
                          judge.get("sign_test_p"), f"judge picks the first shown {_pct(judge['judge_picks_first'])}; "
-                         f"{judge['undecided']} replies undecided"))
+                         f"{judge['undecided']} replies undecided",
+                         # a trained model that drops the draft format asks nothing: no comparison, said as such
+                         why=None if judge["n_compared"] else "nothing to judge: the challenger's drafts asked "
+                         f"questions on {_pct(judge.get('challenger_question_rate'))} of "
+                         f"{judge.get('challenger_drafts.n', '?')} questions (the base's: "
+                         f"{_pct(judge.get('incumbent_question_rate'))})"))
     attribution = _read(root, f"metrics/attribution/{task}.json")
     if attribution is None:
         rows.append(_missing(system, f"IG completeness @{task}", f"metrics/attribution/{task}.json"))
