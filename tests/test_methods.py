@@ -56,6 +56,23 @@ def test_padding_free_batch_has_the_padded_loss(tiny_base, tokenizer, examples):
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
 
 
+def test_full_logits_loss_is_trls_fused_lm_head_loss(tiny_base, examples):
+    """`lm_head: full_logits` (the CPU default) trains on the loss TRL's fused LM head computes: the same per-step
+    losses and the same LoRA weights after three steps, to float order."""
+    from dataclasses import replace
+
+    runs = {}
+    for lm_head in ("fused", "full_logits"):
+        model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
+        config = replace(FAST, lm_head=lm_head)
+        model, metrics, curve = sft.train(model, tokenizer, examples["train"][:12], config, template="cot", **RUN)
+        assert metrics["lm_head"] == lm_head
+        runs[lm_head] = ([r["loss"] for r in curve], lora_weights(model))
+    (fused_losses, fused_weights), (full_losses, full_weights) = runs["fused"], runs["full_logits"]
+    assert len(full_losses) == 3 and full_losses == pytest.approx(fused_losses, rel=1e-5)
+    assert all(torch.allclose(full_weights[n], fused_weights[n], atol=1e-6) for n in fused_weights)
+
+
 def test_cot_distill_continues_the_sft_adapter(tiny_base, examples, tmp_path):
     model, tokenizer, _ = load_for_training(tiny_base, "cpu", "none", LORA, None)
     model, _, _ = sft.train(model, tokenizer, examples["train"], FAST, template="direct", **RUN)
@@ -108,7 +125,7 @@ def test_rebalance_weights_are_consumed_by_training(tiny_base, examples):
     assert all(not torch.equal(before[n], p) for n, p in lora_weights(model).items())
 
     dataset, weights, _ = sft.build_dataset(weighted, tokenizer, "direct", 512)
-    trainer = sft._weighted_trainer(weights, seed=0)(
+    trainer = sft._weighted_trainer(sft._full_logits_trainer(), weights, seed=0)(
         model=model, args=SFTConfig(output_dir="/tmp/unused", report_to=[], use_cpu=True), train_dataset=dataset,
         processing_class=tokenizer)
     draws, sampler = Counter(), trainer._get_train_sampler()

@@ -44,6 +44,12 @@ class TrainConfig:
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     padding_free: bool = True  # rows concatenated without padding (TRL's padding_free; flash-attention style)
     gradient_checkpointing: bool = False  # TRL turns it on by default; it recomputes activations, costing time
+    # The loss from TRL's fused LM head (per-token log-probs in vocabulary chunks, never the full logits: saves GPU
+    # memory on long rows) or from the model's own forward (full logits, transformers' causal-LM cross-entropy; the
+    # same sum of token NLLs / num_items_in_batch). auto: fused on CUDA, full_logits on CPU, where the chunking is
+    # Python-level tiling over the vocabulary: 1.5x slower on the embedded model, 3x on the tiny one
+    # (benchmarks/sft_lm_head.py).
+    lm_head: Literal["auto", "full_logits", "fused"] = "auto"
     logging_steps: int = 2
     quantization: Literal["none", "4bit"] = "none"  # 4bit: QLoRA (Dettmers et al. 2023), CUDA only
     lora: LoraParams = field(default_factory=LoraParams)
@@ -133,7 +139,10 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig, *,
             # Liger's fused kernels (RMSNorm, SwiGLU, fused linear cross-entropy) where installed: CUDA only.
             use_liger_kernel=on_cuda(model) and importlib.util.find_spec("liger_kernel") is not None,
         )
-        trainer_class = SFTTrainer if all(w == 1.0 for w in weights) else _weighted_trainer(weights, seed)
+        fused = config.lm_head == "fused" or (config.lm_head == "auto" and on_cuda(model))
+        trainer_class = SFTTrainer if fused else _full_logits_trainer()
+        if any(w != 1.0 for w in weights):
+            trainer_class = _weighted_trainer(trainer_class, weights, seed)
         trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                 callbacks=[curve])
         result = trainer.train()
@@ -145,23 +154,37 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig, *,
         "train_runtime_s": float(result.metrics.get("train_runtime", 0.0)),
         "train_samples_per_s": float(result.metrics.get("train_samples_per_second", 0.0)),
         "final_loss": curve.rows[-1]["loss"] if curve.rows else float("nan"),
+        "lm_head": "fused" if fused else "full_logits",
     }
     if not math.isfinite(metrics["train_loss"]):
         raise TrainingDivergedError(f"training loss is {metrics['train_loss']}; no checkpoint was written")
     return model, metrics, curve.rows
 
 
-def _weighted_trainer(weights: list[float], seed: int):
-    """SFTTrainer drawing rows with probability proportional to their weight (filter's `rebalance: weights`).
+def _full_logits_trainer():
+    """SFTTrainer whose loss is the model's own: full logits and transformers' causal-LM cross-entropy, as
+    `Trainer.compute_loss` computes it (TRL's token entropy and accuracy metrics are not logged)."""
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class FullLogitsSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            return Trainer.compute_loss(self, model, {**inputs, "use_cache": False}, return_outputs,
+                                        num_items_in_batch)
+
+    return FullLogitsSFTTrainer
+
+
+def _weighted_trainer(trainer_class, weights: list[float], seed: int):
+    """`trainer_class` drawing rows with probability proportional to their weight (filter's `rebalance: weights`).
 
     Sampling with replacement by weight w_i gives a gradient whose expectation is that of the weighted loss
     sum_i w_i * L_i / sum_i w_i, and keeps padding-free batches intact (a per-row loss scale would not).
     """
     import torch
     from torch.utils.data import WeightedRandomSampler
-    from trl import SFTTrainer
 
-    class WeightedSFTTrainer(SFTTrainer):
+    class WeightedSFTTrainer(trainer_class):
         def _get_train_sampler(self, train_dataset=None):
             return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
                                          generator=torch.Generator().manual_seed(seed))
