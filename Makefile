@@ -31,9 +31,11 @@ repro: $(STAMP)
 	python -m cotlab.sections params.yaml
 	dvc repro
 
-# Two workers: the tiny DAG (tests/test_pipeline.py, run first) on one, every other test file on the other.
+# Two workers, files in the order conftest.py gives them (xdist would otherwise start with the files of most tests):
+# the tiny DAG (tests/dag.py, built, checked and re-trained from by test_pipeline.py first) on one, the other files
+# on the other, then the experiments on a copy of the DAG (test_pipeline_experiments.py) last.
 test: $(STAMP)
-	pytest -q -n 2 --dist loadfile
+	pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	python benchmarks/bf16_vs_fp32.py

@@ -1,10 +1,10 @@
-"""The whole DAG through DVC at tiny scale, re-runs, and experiments (temp and queued) tracked in one store."""
+"""The whole DAG through DVC at tiny scale (tests/dag.py): every stage's outputs, its MLflow run, a no-op re-run, and
+every training stage re-run from its command in a copy. Experiments on it (temp and queued) are in
+test_pipeline_experiments.py, which the other xdist worker takes."""
 import csv
 import json
 import math
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,48 +13,17 @@ import mlflow
 import pytest
 from ruamel.yaml import YAML
 
-from conftest import copy_project
 from cotlab.selfimprove.ablations import shuffled as shuffled_drafts
+from dag import runs, sh, shared_dag
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def sh_env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "MLFLOW_TRACKING_URI": ""}
-
-
-def sh(cwd, *cmd, timeout=600):
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=sh_env())
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result.stdout + result.stderr
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A fresh clone of the project at tiny scale on one task, after one `dvc repro`."""
-    root = copy_project(tmp_path_factory.mktemp("repo"))
-    yaml = YAML()
-    params = yaml.load(root / "params.yaml")
-    params["scale"] = "tiny"
-    params["tasks"] = ["strategyqa"]
-    params["dpo"]["tasks"] = ["strategyqa"]
-    params["dpo"]["rounds"] = {"round1": {"start": "dpo"}}
-    params["compare"]["headline"]["dpo_sqa"] = "dpo@strategyqa vs base_zeroshot@strategyqa"
-    params["compare"]["pairs"].append("codi@gsm8k vs cot_sft@gsm8k")  # codi.tasks has no gsm8k: not evaluated
-    params["transplant"].update({"steps": 4, "batch_size": 2, "eval_every": 2, "n_curve": 4})
-    params["markovian"].update({"steps": 4, "group_size": 4, "cot_length": 8, "answer_tokens": 4, "eval_every": 2,
-                                "save_every": 2, "n_eval": 4})
-    yaml.dump(params, root / "params.yaml")
-    sh(root, "git", "init", "-q")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline")
-    started = time.time()
-    out = sh(root, "dvc", "repro", timeout=1500)  # the whole tiny DAG: ~6-9 min on 2 cores
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny run")
-    return {"root": root, "repro_log": out, "repro_s": time.time() - started}
+def repo(tmp_path_factory, worker_id):
+    """The session's tiny DAG (tests/dag.py), read-only here."""
+    return shared_dag(tmp_path_factory, worker_id)
 
 
 def dvc_stages(root) -> set[str]:
@@ -62,13 +31,6 @@ def dvc_stages(root) -> set[str]:
 
     with Repo(str(root)) as repo:  # the names `dvc repro` prints (addressing is relative to the cwd)
         return {stage.name for stage in repo.index.stages}
-
-
-def runs(root):
-    sh(root, sys.executable, "-m", "cotlab.tracking", "flush")  # waits for the stages' detached flushes
-    client = mlflow.tracking.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("cotlab")
-    return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
 def test_whole_dag_at_tiny_scale(repo):
@@ -314,57 +276,6 @@ def test_repro_after_a_finished_run_does_nothing(repo):
     assert time.time() - started < 30
 
 
-def test_temp_and_queued_experiments_land_in_the_same_store(repo):
-    root = repo["root"]
-    # Phase C's learning rate: DPO, its evaluations, attribution, judge and the round re-run; earlier stages do not,
-    # nor the Markovian stages, whose resume state lives outside DVC's outs (absent from the temp copy, it once
-    # re-ran them). check_params reads every param, so it runs, and changes nothing downstream.
-    out = sh(root, "dvc", "exp", "run", "--temp", "-S", "dpo.lr=1e-4")
-    ran = set(re.findall(r"Running stage '([^']+)'", out))
-    assert ran == {"check_params", "dpo@strategyqa", "eval_dpo@strategyqa", "attribution@strategyqa",
-                   "judge@strategyqa", "self_guided@round1", "compare"}, ran
-    # Two queued experiments run at once (two workers), writing to the one SQLite store in parallel.
-    sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=3e-4")
-    sh(root, "dvc", "exp", "run", "--queue", "-S", "dpo.lr=5e-4")
-    # The workers are daemons that inherit the starter's stdout: a captured pipe would stay open until they exit,
-    # and `subprocess.run` would wait on it. They write to a file; the test waits on `dvc queue status` alone.
-    with open(root.parent / "queue_start.log", "w") as log:
-        subprocess.run(("dvc", "queue", "start", "-j", "2"), cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                       stdin=subprocess.DEVNULL, check=True, timeout=120, env=sh_env())
-    deadline = time.time() + 1800  # two DPO re-runs at once beside the other xdist worker: ~5-12 min on 2 cores
-    while time.time() < deadline:
-        status = sh(root, "dvc", "queue", "status")
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(5)
-    assert status.count("Success") == 2, status
-    lrs = {r.data.params.get("dpo.lr") for r in runs(root) if r.data.tags.get("stage") == "dpo@strategyqa"}
-    assert {"0.0001", "0.0003", "0.0005"} <= lrs
-    assert {r.data.params.get("dpo.lr") for r in runs(root) if r.data.tags.get("stage") == "sft@strategyqa"} == {"5e-05"}
-    queued = {"0.0003", "0.0005"}
-    by_exp: dict[str, set[str]] = {}
-    for r in runs(root):
-        if r.data.params.get("dpo.lr") in queued and r.data.tags["dvc_exp_name"] != "workspace":
-            by_exp.setdefault(r.data.tags["dvc_exp_name"], set()).add(r.info.run_name)
-    assert len(by_exp) == 2
-    # Every stage each queued experiment re-ran has its run (the two experiments re-ran the same stages).
-    first, second = by_exp.values()
-    assert first == second and {"dpo@strategyqa", "eval_dpo@strategyqa"} <= first
-    names = {r.data.tags["dvc_exp_name"] for r in runs(root) if r.data.params.get("dpo.lr") in ("0.0001", *queued)}
-    assert "workspace" not in names and len(names) == 3
-    assert not list(root.glob(".dvc/tmp/exps/**/mlflow.db"))
-    shown = json.loads(sh(root, "dvc", "exp", "show", "--json"))
-    text = json.dumps(shown)
-    assert "0.0001" in text and "0.0003" in text and "0.0005" in text
-    # The sweep report reads the same experiments: one column per value of the param, each headline's value and p
-    # per column, and its mean and spread across them.
-    table = sh(root, sys.executable, str(ROOT / "scripts" / "seeds.py"), "--by", "dpo.lr").splitlines()
-    assert all(f"dpo.lr={v}" in table[0] for v in ("5e-05", "0.0001", "0.0003", "0.0005")), table[0]
-    row = next(line for line in table if line.startswith("| self_improving."))
-    assert row.count("p=") == 4 and "mean" in row and "sd" in row, row
-    assert any(line.startswith("| check: ") for line in table)
-
-
 # Every training stage, with the checkpoint it writes and its metrics file.
 TRAINING_STAGES = {
     "sft": (["train.py", "sft", "strategyqa"], "sft/strategyqa"),
@@ -400,8 +311,8 @@ def test_every_training_stage_is_a_function_of_its_params_and_seed(repo, tmp_pat
 
     def run_lane(lane):
         for name in lane:
-            # markovian would resume its finished run (same fingerprint) and train nothing: the check would be void
-            shutil.rmtree(root / ".cotlab-cache" / "checkpoints", ignore_errors=True)
+            if name == "markovian":  # it would resume its finished run (same fingerprint) and train nothing
+                shutil.rmtree(root / ".cotlab-cache" / "checkpoints", ignore_errors=True)
             sh(root, sys.executable, f"stages/{TRAINING_STAGES[name][0][0]}", *TRAINING_STAGES[name][0][1:])
 
     with ThreadPoolExecutor(2) as pool:
