@@ -21,6 +21,11 @@ def base_model(name: str, dtype: str = "float32") -> Path:
     return path
 
 
+def arg(argv: list[str], name: str, default: str) -> str:
+    """The value after `name` on the command line, or `default`."""
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
 def model_arg(argv: list[str]) -> str:
     return TINY if "--tiny" in argv else EMBEDDED
 

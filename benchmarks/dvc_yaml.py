@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from _common import CACHE
+from _common import CACHE, arg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,9 +30,6 @@ PURE_DVC = ("import sys, ruamel.yaml.main as m; m.CParser = None; from dvc.cli i
             "sys.exit(main(sys.argv[1:]))")
 DVC = "import sys; from dvc.cli import main; sys.exit(main(sys.argv[1:]))"
 
-
-def arg(argv, name, default):
-    return argv[argv.index(name) + 1] if name in argv else default
 
 
 def timed(fn, runs: int) -> float:

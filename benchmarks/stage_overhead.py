@@ -16,13 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import CACHE
+from _common import CACHE, arg
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def arg(argv, name, default):
-    return argv[argv.index(name) + 1] if name in argv else default
 
 
 def checkout(rev: str, dest: Path) -> Path:
