@@ -78,6 +78,14 @@ def test_a_systems_model_reaches_only_its_own_stages(stages, system):
     assert all(folder in table[name][0] for name in loading)
 
 
+def test_a_seed_sweep_prepares_each_base_once(stages):
+    """The bases follow `model` (its `init_seed` seeds the tiny random init), not the run's `seed`: every seed of a
+    sweep trains from the same base, and no seed experiment re-converts the embedded model."""
+    table, _ = stages
+    for name in ["prepare_model", *(f"prepare_system_model@{s}" for s in SYSTEMS)]:
+        assert "seed" not in table[name][1] and "model" in table[name][1], name
+
+
 def test_the_self_improving_stages_read_only_the_shared_base(stages):
     table, systems = stages
     own = systems["self_improving"]
@@ -235,7 +243,7 @@ def test_every_preset_fails_at_once_offline_naming_its_key(tmp_path, monkeypatch
         model, key = params.model_source(None if name == "self_improving" else name)
         started = time.perf_counter()
         with pytest.raises(ModelLoadError, match=f"{re.escape(key)}: cannot load {re.escape(repr(model))}"):
-            prepare_base(model, tmp_path / name, "float32", "cpu", params.seed, key=key)
+            prepare_base(model, tmp_path / name, "float32", "cpu", params.model.init_seed, key=key)
         assert time.perf_counter() - started < 5, name
         assert not (tmp_path / name).exists()
 

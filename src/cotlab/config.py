@@ -49,6 +49,9 @@ class ModelConfig:
     name: str = "auto"  # auto = the scale's model
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    # The tiny random init's seed. Not the run's `seed`: a seed sweep trains every seed from one base, as it would
+    # from pretrained weights, and the base is prepared (at demo scale, converted from GGUF) once, not per seed.
+    init_seed: int = 0
 
 
 @dataclass
