@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: the model under test, real data, and a peak-RSS sampler."""
+"""Shared by the benchmarks: the model under test, real data, a peak-RSS sampler and a timer."""
 from __future__ import annotations
 
 import os
@@ -62,3 +62,11 @@ class PeakRSS:
     def _rss() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def timed(fn):
+    """(fn(), its wall seconds, the peak RSS in MB while it ran)."""
+    with PeakRSS() as mem:
+        started = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - started, mem.peak_mb

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import torch
 
-from _common import CACHE, PeakRSS, base_model, examples, model_arg
+from _common import CACHE, arg, base_model, examples, model_arg, timed
 from cotlab.evaluation.generate import generate
 from cotlab.models import load_checkpoint
 from cotlab.prompts import render_prompt
@@ -27,17 +26,10 @@ def one_at_a_time(model, tokenizer, prompts, max_new_tokens):
     return texts
 
 
-def timed(fn):
-    with PeakRSS() as mem:
-        started = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - started, mem.peak_mb
-
-
 def main(argv):
     name = model_arg(argv)
-    n = int(argv[argv.index("--n") + 1]) if "--n" in argv else 32
-    max_new = int(argv[argv.index("--max-new-tokens") + 1]) if "--max-new-tokens" in argv else 64
+    n = int(arg(argv, "--n", "32"))
+    max_new = int(arg(argv, "--max-new-tokens", "64"))
     model, tokenizer, _ = load_checkpoint(base_model(name), "cpu")
     prompts = [render_prompt(tokenizer, ex, "cot") for ex in examples("gsm8k", n)["test"]]
     generate(model, tokenizer, prompts[:2], max_new_tokens=4)  # warm-up

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
-from _common import CACHE, PeakRSS, base_model, examples, model_arg
+from _common import CACHE, arg, base_model, examples, model_arg, timed
 from cotlab.data.sources import load_task
 from cotlab.evaluation.generate import generate, shared_prefix_length
 from cotlab.evaluation.run import pick_shots
@@ -33,17 +32,10 @@ def prompt_sets(tokenizer, n: int) -> dict[str, tuple[list[str], int, str | None
                                      TEMPLATE_STOPS["cot"])}
 
 
-def timed(fn):
-    with PeakRSS() as mem:
-        started = time.perf_counter()
-        out = fn()
-        return out, time.perf_counter() - started, mem.peak_mb
-
-
 def main(argv):
     name = model_arg(argv)
-    n = int(argv[argv.index("--n") + 1]) if "--n" in argv else 50
-    repeats = int(argv[argv.index("--repeats") + 1]) if "--repeats" in argv else 2
+    n = int(arg(argv, "--n", "50"))
+    repeats = int(arg(argv, "--repeats", "2"))
     model, tokenizer, _ = load_checkpoint(base_model(name), "cpu")
     generate(model, tokenizer, ["warm up", "warm up the model"], max_new_tokens=4)
     result = {"model": name, "n_prompts": n, "repeats": repeats, "sets": {}}
